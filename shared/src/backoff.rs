@@ -1,0 +1,58 @@
+//! Exponential back-off with full jitter, for reconnecting to Redis without a busy loop or a thundering herd.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+/// Delays that double from `base` up to `max`, each drawn uniformly from `[d/2, d]`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    /// A back-off starting at `base` and capped at `max`.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self { base, max, failures: 0 }
+    }
+
+    /// The delay before the next try; each call counts one more failure.
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << self.failures.min(16));
+        self.failures = self.failures.saturating_add(1);
+        let cap = exp.min(self.max);
+        let half = cap / 2;
+        half + rand::rng().random_range(Duration::ZERO..=cap - half)
+    }
+
+    /// Failures since the last success.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Forgets the failures after a success.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_and_stay_capped() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100), "{first:?}");
+        for _ in 0..20 {
+            let d = b.next_delay();
+            assert!(d <= Duration::from_secs(2), "{d:?}");
+        }
+        assert!(b.next_delay() >= Duration::from_secs(1));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,150 @@
+//! Putting jobs on a queue: XADD with the job's fields and the trace context of a `send <Q>` PRODUCER span.
+//!
+//! Each job gets its own `send` span, a child of the caller's current span, whose context is injected into the
+//! entry; the consumer's `process` span becomes that span's child. A batch is written as one pipeline, so it
+//! costs one round trip. An enqueue reports success only for entries Redis answered with an id.
+
+use deadpool_redis::Pool;
+use opentelemetry::trace::{Status, TraceContextExt, TraceId};
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::job::{Job, JobError, JobId, JobKind, Payload};
+use crate::keys::Keys;
+use crate::limits::Limits;
+use crate::propagation::{self, ContextError};
+use crate::semconv;
+
+/// Why an enqueue failed. No job of a failed call is reported as enqueued.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error(transparent)]
+    Job(#[from] JobError),
+    #[error("cannot propagate the trace context: {0}")]
+    Context(#[from] ContextError),
+    #[error("no Redis connection: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("Redis refused the enqueue: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// A job Redis has taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The job id.
+    pub job_id: JobId,
+    /// The stream entry id Redis assigned.
+    pub message_id: String,
+    /// The trace the job belongs to; `None` when tracing is not set up.
+    pub trace_id: Option<TraceId>,
+}
+
+/// Enqueues jobs on one queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Producer {
+    pool: Pool,
+    keys: Keys,
+    limits: Limits,
+}
+
+impl Producer {
+    /// A producer for the queue whose keys are `keys`.
+    pub fn new(pool: Pool, keys: Keys, limits: Limits) -> Self {
+        Self { pool, keys, limits }
+    }
+
+    /// The queue's keys.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The limits applied to jobs.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Builds a job from a kind and JSON text, applying the payload limit.
+    pub fn job(&self, kind: &str, payload_json: &str) -> Result<Job, JobError> {
+        Ok(Job::new(JobKind::parse(kind)?, Payload::parse(payload_json, &self.limits)?))
+    }
+
+    /// Enqueues one job.
+    pub async fn enqueue(&self, job: Job) -> Result<Enqueued, EnqueueError> {
+        let mut done = self.enqueue_batch(vec![job]).await?;
+        Ok(done.remove(0))
+    }
+
+    /// Enqueues jobs in one pipelined round trip, in order. Either every job is reported enqueued or the call
+    /// fails; after a failure some entries may still have been written (the caller's retry may then
+    /// duplicate them, which at-least-once delivery allows).
+    pub async fn enqueue_batch(&self, mut jobs: Vec<Job>) -> Result<Vec<Enqueued>, EnqueueError> {
+        let queue = self.keys.queue().as_str();
+        let mut spans = Vec::with_capacity(jobs.len());
+        let mut pipe = redis::pipe();
+        for job in &mut jobs {
+            let span = send_span(queue, job);
+            let cx = span.context();
+            job.trace = propagation::inject(&cx)?;
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(&self.keys.stream).arg("*");
+            for (name, value) in job.to_fields() {
+                cmd.arg(name).arg(value);
+            }
+            pipe.add_command(cmd);
+            spans.push((span, cx.span().span_context().trace_id()));
+        }
+        let result: Result<Vec<String>, EnqueueError> = async {
+            let mut conn = self.pool.get().await?;
+            Ok(pipe.query_async(&mut conn).await?)
+        }
+        .await;
+        match result {
+            Ok(ids) => Ok(jobs
+                .iter()
+                .zip(ids)
+                .zip(spans)
+                .map(|((job, message_id), (span, trace_id))| {
+                    span.record(semconv::MESSAGING_MESSAGE_ID, message_id.as_str());
+                    Enqueued {
+                        job_id: job.id,
+                        message_id,
+                        trace_id: (trace_id != TraceId::INVALID).then_some(trace_id),
+                    }
+                })
+                .collect()),
+            Err(e) => {
+                for (span, _) in &spans {
+                    span.record(semconv::ERROR_TYPE, error_type(&e));
+                    span.set_status(Status::error(e.to_string()));
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+fn error_type(e: &EnqueueError) -> &'static str {
+    match e {
+        EnqueueError::Job(_) => "invalid_job",
+        EnqueueError::Context(_) => "invalid_context",
+        EnqueueError::Pool(_) => "redis_unavailable",
+        EnqueueError::Redis(_) => "redis_error",
+    }
+}
+
+fn send_span(queue: &str, job: &Job) -> tracing::Span {
+    tracing::info_span!(
+        "send",
+        otel.name = format!("send {queue}"),
+        otel.kind = "producer",
+        messaging.system = semconv::MESSAGING_SYSTEM_REDIS,
+        messaging.operation.type = "send",
+        messaging.operation.name = "send",
+        messaging.destination.name = queue,
+        messaging.message.id = Empty,
+        jobstream.job.id = %job.id,
+        jobstream.job.kind = %job.kind,
+        jobstream.job.attempt = job.attempt,
+        error.type = Empty,
+    )
+}

@@ -1,0 +1,327 @@
+//! The job envelope and its codec: one job is one stream entry, a flat map of string fields (`DESIGN.md` §2).
+//!
+//! Decoding parses every field into a typed value, so a [`Job`] that exists is valid. Trace fields are carried
+//! as they came ([`TraceHeaders`]); whether they hold a usable context is decided by
+//! [`crate::propagation::extract`], because a bad context must not stop a job from running.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::limits::Limits;
+use crate::propagation::TraceHeaders;
+
+/// The wire version this code writes and reads.
+pub const WIRE_VERSION: &str = "1";
+
+/// Field names of the wire format.
+pub mod field {
+    /// Wire version.
+    pub const VERSION: &str = "v";
+    /// Job id (UUID, v7 when written by jobstream).
+    pub const ID: &str = "id";
+    /// Job kind.
+    pub const KIND: &str = "kind";
+    /// JSON payload.
+    pub const PAYLOAD: &str = "payload";
+    /// Unix time in ms of the first enqueue.
+    pub const ENQUEUED_AT: &str = "enqueued_at";
+    /// Attempt number, 1-based.
+    pub const ATTEMPT: &str = "attempt";
+    /// W3C `traceparent`.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// W3C `tracestate`.
+    pub const TRACESTATE: &str = "tracestate";
+    /// W3C `baggage`.
+    pub const BAGGAGE: &str = "baggage";
+}
+
+/// A stream entry's fields as strings, ordered by name.
+pub type Fields = BTreeMap<String, String>;
+
+/// Why an entry could not be decoded into a job. Such an entry is dead-lettered with this text as the reason.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("field `{0}` is missing")]
+    MissingField(&'static str),
+    #[error("field `{0}` is not valid UTF-8")]
+    NotUtf8(String),
+    #[error("wire version {0:?} is not supported (this worker reads version {WIRE_VERSION})")]
+    UnsupportedVersion(String),
+    #[error("field `{field}` is invalid: {reason}")]
+    InvalidField { field: &'static str, reason: String },
+    #[error("payload is {size} bytes; the limit is {limit}")]
+    PayloadTooLarge { size: usize, limit: usize },
+}
+
+/// Why a job could not be built for enqueueing.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JobError {
+    #[error("job kind {0:?} is invalid: use 1 to 64 characters of letters, digits and . _ - :")]
+    InvalidKind(String),
+    #[error("payload is not JSON: {0}")]
+    PayloadNotJson(String),
+    #[error("payload is {size} bytes; the limit is {limit}")]
+    PayloadTooLarge { size: usize, limit: usize },
+}
+
+/// A job id: a UUID, time-ordered (v7) when minted here, the same across retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(Uuid);
+
+impl JobId {
+    /// Mints a new time-ordered id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// Parses the wire form of an id.
+    pub fn parse(value: &str) -> Result<Self, uuid::Error> {
+        Uuid::try_parse(value).map(Self)
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// A job kind: routes a job to its handler. 1 to 64 characters of `[A-Za-z0-9._:-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobKind(String);
+
+impl JobKind {
+    /// Parses a kind.
+    pub fn parse(value: &str) -> Result<Self, JobError> {
+        let ok = !value.is_empty()
+            && value.len() <= 64
+            && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
+        if ok {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(JobError::InvalidKind(value.to_owned()))
+        }
+    }
+
+    /// The kind as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for JobKind {
+    type Err = JobError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// A job's data: JSON text, checked to be JSON and within the payload limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload(String);
+
+impl Payload {
+    /// Parses JSON text as a payload.
+    pub fn parse(text: impl Into<String>, limits: &Limits) -> Result<Self, JobError> {
+        let text = text.into();
+        if text.len() > limits.max_payload_bytes {
+            return Err(JobError::PayloadTooLarge { size: text.len(), limit: limits.max_payload_bytes });
+        }
+        serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| JobError::PayloadNotJson(e.to_string()))?;
+        Ok(Self(text))
+    }
+
+    /// Serializes a value as the payload.
+    pub fn from_value<T: Serialize + ?Sized>(value: &T, limits: &Limits) -> Result<Self, JobError> {
+        let text = serde_json::to_string(value).map_err(|e| JobError::PayloadNotJson(e.to_string()))?;
+        Self::parse(text, limits)
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Deserializes the payload.
+    pub fn deserialize<'a, T: serde::Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(&self.0)
+    }
+}
+
+/// One job as it travels on the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// Stable id, the same across retries.
+    pub id: JobId,
+    /// Routes the job to a handler.
+    pub kind: JobKind,
+    /// The job's data.
+    pub payload: Payload,
+    /// Unix time in ms when the job was first enqueued.
+    pub enqueued_at_ms: u64,
+    /// 1 for the first run, +1 on each retry.
+    pub attempt: u32,
+    /// The W3C trace fields, as found on the entry.
+    pub trace: TraceHeaders,
+    /// Fields this version does not know; kept so that a retry or dead letter carries them on.
+    pub extra: Fields,
+}
+
+impl Job {
+    /// A new job, first attempt, enqueued now, with no trace context yet.
+    pub fn new(kind: JobKind, payload: Payload) -> Self {
+        Self {
+            id: JobId::new(),
+            kind,
+            payload,
+            enqueued_at_ms: crate::clock::now_ms(),
+            attempt: 1,
+            trace: TraceHeaders::default(),
+            extra: Fields::new(),
+        }
+    }
+
+    /// The entry's fields, in wire order: required fields first, then trace fields, then unknown ones.
+    pub fn to_fields(&self) -> Vec<(&str, String)> {
+        let mut out = Vec::with_capacity(6 + 3 + self.extra.len());
+        out.push((field::VERSION, WIRE_VERSION.to_owned()));
+        out.push((field::ID, self.id.to_string()));
+        out.push((field::KIND, self.kind.0.clone()));
+        out.push((field::PAYLOAD, self.payload.0.clone()));
+        out.push((field::ENQUEUED_AT, self.enqueued_at_ms.to_string()));
+        out.push((field::ATTEMPT, self.attempt.to_string()));
+        out.extend(self.trace.iter().map(|(k, v)| (k, v.to_owned())));
+        out.extend(self.extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        out
+    }
+
+    /// Decodes an entry's fields. Unknown fields are kept in [`Job::extra`].
+    pub fn from_fields(mut fields: Fields, limits: &Limits) -> Result<Self, DecodeError> {
+        let mut take = |name: &'static str| fields.remove(name).ok_or(DecodeError::MissingField(name));
+        let version = take(field::VERSION)?;
+        if version != WIRE_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let id = take(field::ID)?;
+        let id = JobId::parse(&id).map_err(|e| invalid(field::ID, e))?;
+        let kind = JobKind::parse(&take(field::KIND)?).map_err(|e| invalid(field::KIND, e))?;
+        let payload = take(field::PAYLOAD)?;
+        if payload.len() > limits.max_payload_bytes {
+            return Err(DecodeError::PayloadTooLarge { size: payload.len(), limit: limits.max_payload_bytes });
+        }
+        let payload = Payload::parse(payload, limits).map_err(|e| invalid(field::PAYLOAD, e))?;
+        let enqueued_at_ms = take(field::ENQUEUED_AT)?.parse::<u64>().map_err(|e| invalid(field::ENQUEUED_AT, e))?;
+        let attempt = take(field::ATTEMPT)?.parse::<u32>().map_err(|e| invalid(field::ATTEMPT, e))?;
+        if attempt == 0 {
+            return Err(invalid(field::ATTEMPT, "must be 1 or more"));
+        }
+        let trace = TraceHeaders::take_from(&mut fields);
+        Ok(Self { id, kind, payload, enqueued_at_ms, attempt, trace, extra: fields })
+    }
+}
+
+fn invalid(field: &'static str, reason: impl fmt::Display) -> DecodeError {
+    DecodeError::InvalidField { field, reason: reason.to_string() }
+}
+
+/// Converts a stream entry as redis-rs returns it into [`Fields`]; values must be UTF-8 text.
+pub fn fields_from_redis(map: impl IntoIterator<Item = (String, redis::Value)>) -> Result<Fields, DecodeError> {
+    map.into_iter()
+        .map(|(name, value)| match value {
+            redis::Value::BulkString(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => Ok((name, text)),
+                Err(_) => Err(DecodeError::NotUtf8(name)),
+            },
+            redis::Value::SimpleString(text) => Ok((name, text)),
+            redis::Value::Int(n) => Ok((name, n.to_string())),
+            _ => Err(DecodeError::NotUtf8(name)),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits::default()
+    }
+
+    fn sample() -> Job {
+        let mut job = Job::new(JobKind::parse("demo").unwrap(), Payload::parse(r#"{"n":1}"#, &limits()).unwrap());
+        job.extra.insert("x-future".into(), "kept".into());
+        job
+    }
+
+    fn wire(job: &Job) -> Fields {
+        job.to_fields().into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field() {
+        let job = sample();
+        assert_eq!(Job::from_fields(wire(&job), &limits()).unwrap(), job);
+    }
+
+    #[test]
+    fn missing_fields_are_named() {
+        for name in [field::VERSION, field::ID, field::KIND, field::PAYLOAD, field::ENQUEUED_AT, field::ATTEMPT] {
+            let mut fields = wire(&sample());
+            fields.remove(name);
+            assert_eq!(Job::from_fields(fields, &limits()), Err(DecodeError::MissingField(name)));
+        }
+    }
+
+    #[test]
+    fn bad_json_unknown_version_and_bad_numbers_are_typed() {
+        let mut fields = wire(&sample());
+        fields.insert(field::PAYLOAD.into(), "{not json".into());
+        assert!(matches!(Job::from_fields(fields, &limits()), Err(DecodeError::InvalidField { field: "payload", .. })));
+
+        let mut fields = wire(&sample());
+        fields.insert(field::VERSION.into(), "2".into());
+        assert_eq!(Job::from_fields(fields, &limits()), Err(DecodeError::UnsupportedVersion("2".into())));
+
+        for (name, value) in
+            [(field::ATTEMPT, "0"), (field::ATTEMPT, "-1"), (field::ENQUEUED_AT, "soon"), (field::ID, "42")]
+        {
+            let mut fields = wire(&sample());
+            fields.insert(name.into(), value.into());
+            assert!(
+                matches!(Job::from_fields(fields, &limits()), Err(DecodeError::InvalidField { field, .. }) if field == name),
+                "{name}={value}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_payload_is_refused_on_both_sides() {
+        let small = Limits { max_payload_bytes: 8 };
+        assert!(matches!(Payload::parse(r#"{"long":"value"}"#, &small), Err(JobError::PayloadTooLarge { .. })));
+        assert!(matches!(
+            Job::from_fields(wire(&sample()), &Limits { max_payload_bytes: 3 }),
+            Err(DecodeError::PayloadTooLarge { size: 7, limit: 3 })
+        ));
+    }
+
+    #[test]
+    fn non_utf8_values_are_refused() {
+        let map = vec![("payload".to_owned(), redis::Value::BulkString(vec![0xff, 0xfe]))];
+        assert_eq!(fields_from_redis(map), Err(DecodeError::NotUtf8("payload".into())));
+    }
+}

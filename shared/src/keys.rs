@@ -1,0 +1,162 @@
+//! Queue names and the Redis keys derived from them.
+//!
+//! Every key of one queue shares the hash tag `{Q}` so that all multi-key steps of a queue (move to the dead
+//! stream with XACK, schedule a retry) touch a single Redis Cluster slot and can run as one Lua script.
+
+use std::fmt;
+
+/// Default key prefix, see `DESIGN.md` §1.
+pub const DEFAULT_PREFIX: &str = "jobstream";
+/// Default consumer group name.
+pub const DEFAULT_GROUP: &str = "workers";
+
+/// Why a queue, group or prefix name was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NameError {
+    #[error("{what} must not be empty")]
+    Empty { what: &'static str },
+    #[error("{what} is {len} characters long; at most {max} are allowed")]
+    TooLong { what: &'static str, len: usize, max: usize },
+    #[error("{what} {value:?} contains {ch:?}; use letters, digits and . _ - : only")]
+    BadChar { what: &'static str, value: String, ch: char },
+}
+
+fn parse_name(what: &'static str, value: &str, max: usize) -> Result<String, NameError> {
+    if value.is_empty() {
+        return Err(NameError::Empty { what });
+    }
+    if value.len() > max {
+        return Err(NameError::TooLong { what, len: value.len(), max });
+    }
+    if let Some(ch) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))) {
+        return Err(NameError::BadChar { what, value: value.to_owned(), ch });
+    }
+    Ok(value.to_owned())
+}
+
+/// A queue name: non-empty, at most 128 characters of `[A-Za-z0-9._:-]`. Braces are refused because the name
+/// becomes a Redis Cluster hash tag.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QueueName(String);
+
+impl QueueName {
+    /// Parses a queue name.
+    pub fn parse(value: &str) -> Result<Self, NameError> {
+        parse_name("queue name", value, 128).map(Self)
+    }
+
+    /// The name as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for QueueName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for QueueName {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// A consumer group name, same rules as a queue name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GroupName(String);
+
+impl GroupName {
+    /// Parses a group name.
+    pub fn parse(value: &str) -> Result<Self, NameError> {
+        parse_name("group name", value, 128).map(Self)
+    }
+
+    /// The name as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for GroupName {
+    fn default() -> Self {
+        Self(DEFAULT_GROUP.to_owned())
+    }
+}
+
+impl fmt::Display for GroupName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for GroupName {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// The Redis keys of one queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    queue: QueueName,
+    /// `<prefix>:{Q}`: the stream of jobs waiting or in flight.
+    pub stream: String,
+    /// `<prefix>:{Q}:dead`: dead-lettered jobs with the reason.
+    pub dead: String,
+    /// `<prefix>:{Q}:delayed`: sorted set of jobs due later, score = due time in ms.
+    pub delayed: String,
+    /// `<prefix>:{Q}:result:`: prefix of the keys the shipped `demo`/`noop` kinds write results to.
+    pub result_prefix: String,
+}
+
+impl Keys {
+    /// Keys of `queue` under `prefix`. The prefix follows the same character rules as a queue name.
+    pub fn new(prefix: &str, queue: &QueueName) -> Result<Self, NameError> {
+        let prefix = parse_name("key prefix", prefix, 64)?;
+        let base = format!("{prefix}:{{{queue}}}");
+        Ok(Self {
+            queue: queue.clone(),
+            dead: format!("{base}:dead"),
+            delayed: format!("{base}:delayed"),
+            result_prefix: format!("{base}:result:"),
+            stream: base,
+        })
+    }
+
+    /// The queue these keys belong to.
+    pub fn queue(&self) -> &QueueName {
+        &self.queue
+    }
+
+    /// The key under which a job's result is stored by the shipped job kinds.
+    pub fn result(&self, job_id: &str) -> String {
+        format!("{}{job_id}", self.result_prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_queue_hash_tag() {
+        let keys = Keys::new("jobstream", &QueueName::parse("emails").unwrap()).unwrap();
+        assert_eq!(keys.stream, "jobstream:{emails}");
+        assert_eq!(keys.dead, "jobstream:{emails}:dead");
+        assert_eq!(keys.delayed, "jobstream:{emails}:delayed");
+        assert_eq!(keys.result("abc"), "jobstream:{emails}:result:abc");
+    }
+
+    #[test]
+    fn names_with_braces_spaces_or_nothing_are_refused() {
+        assert_eq!(QueueName::parse(""), Err(NameError::Empty { what: "queue name" }));
+        assert!(matches!(QueueName::parse("a}b"), Err(NameError::BadChar { ch: '}', .. })));
+        assert!(matches!(QueueName::parse("a b"), Err(NameError::BadChar { ch: ' ', .. })));
+        assert!(matches!(QueueName::parse(&"x".repeat(129)), Err(NameError::TooLong { .. })));
+        assert!(Keys::new("bad prefix", &QueueName::parse("q").unwrap()).is_err());
+    }
+}

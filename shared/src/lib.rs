@@ -1,0 +1,28 @@
+//! jobstream: a job queue on Redis Streams in which every job carries its distributed trace.
+//!
+//! A [`Producer`] puts jobs on a Redis stream with the W3C trace context of a `send` span in the entry's fields;
+//! a [`Worker`] reads them in a consumer group and runs each inside a `process` span that continues that trace,
+//! then acknowledges it. The contract the modules keep (keys, fields, span names, delivery semantics) is in
+//! `docs/design.md`.
+
+pub mod backoff;
+pub mod clock;
+pub mod connection;
+pub mod enqueue;
+pub mod handler;
+pub mod job;
+pub mod keys;
+pub mod limits;
+pub mod propagation;
+pub mod queue;
+pub mod semconv;
+pub mod shutdown;
+pub mod telemetry;
+pub mod worker;
+
+pub use enqueue::{EnqueueError, Enqueued, Producer};
+pub use handler::{HandlerFn, Handlers, JobFailure, JobHandler};
+pub use job::{Job, JobId, JobKind, Payload};
+pub use keys::{GroupName, Keys, QueueName};
+pub use limits::Limits;
+pub use worker::{Worker, WorkerConfig, WorkerStats};

@@ -1,0 +1,37 @@
+//! Span attribute names: the OpenTelemetry messaging semantic conventions plus jobstream's own
+//! (`DESIGN.md` §4). Kept in one place so that producer, consumer and tests agree on every name.
+
+/// `messaging.system`; always [`MESSAGING_SYSTEM_REDIS`].
+pub const MESSAGING_SYSTEM: &str = "messaging.system";
+/// The value of `messaging.system`.
+pub const MESSAGING_SYSTEM_REDIS: &str = "redis";
+/// `messaging.operation.type`: `send`, `process`, `settle`.
+pub const MESSAGING_OPERATION_TYPE: &str = "messaging.operation.type";
+/// `messaging.operation.name`.
+pub const MESSAGING_OPERATION_NAME: &str = "messaging.operation.name";
+/// `messaging.destination.name`: the queue name.
+pub const MESSAGING_DESTINATION_NAME: &str = "messaging.destination.name";
+/// `messaging.message.id`: the stream entry id.
+pub const MESSAGING_MESSAGE_ID: &str = "messaging.message.id";
+/// `messaging.consumer.group.name`.
+pub const MESSAGING_CONSUMER_GROUP_NAME: &str = "messaging.consumer.group.name";
+/// `messaging.client.id`: the consumer name.
+pub const MESSAGING_CLIENT_ID: &str = "messaging.client.id";
+/// Times this entry was delivered (XREADGROUP/XCLAIM delivery counter).
+pub const DELIVERY_COUNT: &str = "jobstream.delivery.count";
+/// Milliseconds between the first enqueue and the start of this attempt.
+pub const QUEUE_WAIT_MS: &str = "jobstream.queue.wait_ms";
+/// The job id, stable across retries.
+pub const JOB_ID: &str = "jobstream.job.id";
+/// The job kind.
+pub const JOB_KIND: &str = "jobstream.job.kind";
+/// The attempt number, 1-based.
+pub const JOB_ATTEMPT: &str = "jobstream.job.attempt";
+/// `continued`, `missing` or `invalid`: what became of the entry's trace context.
+pub const TRACE_CONTEXT: &str = "jobstream.trace.context";
+/// Why an entry's trace context could not be continued.
+pub const TRACE_CONTEXT_ERROR: &str = "jobstream.trace.context_error";
+/// `error.type`: the class of a failure.
+pub const ERROR_TYPE: &str = "error.type";
+/// Outcome of settling a job: `ack`, `retry`, `dead`.
+pub const SETTLE_OUTCOME: &str = "jobstream.settle.outcome";
