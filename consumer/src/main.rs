@@ -1,1 +1,56 @@
-fn main() {}
+//! The `consumer` binary: parse flags, set up telemetry, run a worker pool until SIGTERM, flush, exit.
+
+mod cli;
+mod kinds;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use jobstream::worker::default_consumer_name;
+use jobstream::{telemetry, Handlers, JobKind, Producer, Worker, WorkerConfig};
+
+use crate::kinds::demo::{Demo, DemoSettings};
+use crate::kinds::fanout::Fanout;
+use crate::kinds::noop::Noop;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = cli::Cli::parse();
+    let telemetry = telemetry::init("jobstream-consumer")?;
+    let result = run(cli).await;
+    telemetry.shutdown(Duration::from_secs(10)).await;
+    result
+}
+
+async fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    let keys = cli.queue.keys()?;
+    let limits = cli.queue.limits();
+    let consumer = cli.consumer.clone().unwrap_or_else(default_consumer_name);
+    let pool_size = (cli.concurrency as usize).clamp(2, 64) + 2;
+    let pool = cli.redis.pool(pool_size, cli.block + Duration::from_secs(5)).context("Redis connection")?;
+    let shutdown = jobstream::shutdown::on_signals()?;
+
+    let producer = Producer::new(pool.clone(), keys.clone(), limits);
+    let demo = DemoSettings {
+        latency_scale: cli.demo_latency_scale,
+        failure_rate: cli.demo_failure_rate,
+        result_ttl: cli.result_ttl,
+        consumer: consumer.clone(),
+    };
+    let handlers = Handlers::new()
+        .register(JobKind::parse("demo")?, Demo::new(pool.clone(), keys.clone(), demo))
+        .register(JobKind::parse("noop")?, Noop::new(pool.clone(), keys.clone()))
+        .register(JobKind::parse("fanout")?, Fanout::new(pool.clone(), keys.clone(), producer));
+
+    let mut config = WorkerConfig::new(consumer);
+    config.group = cli.group;
+    config.concurrency = cli.concurrency as usize;
+    config.batch_size = cli.batch_size as usize;
+    config.block = cli.block;
+    config.shutdown_grace = cli.shutdown_grace;
+    config.limits = limits;
+    config.dead_maxlen = cli.dead_maxlen;
+    Worker::new(pool, keys, handlers, config).run(shutdown).await?;
+    Ok(())
+}

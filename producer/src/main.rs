@@ -1,1 +1,24 @@
-fn main() {}
+//! The `producer` binary: parse flags, set up telemetry, run the subcommand, flush spans, exit.
+
+mod cli;
+mod demo;
+mod enqueue;
+
+use std::time::Duration;
+
+use clap::Parser;
+use jobstream::telemetry;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        cli::Command::Enqueue(args) => {
+            let telemetry = telemetry::init("jobstream-producer")?;
+            let result = enqueue::run(args).await;
+            telemetry.shutdown(Duration::from_secs(10)).await;
+            result
+        }
+        cli::Command::Demo(args) => demo::run(args).await,
+    }
+}

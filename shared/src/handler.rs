@@ -37,6 +37,18 @@ impl fmt::Display for JobFailure {
 
 impl std::error::Error for JobFailure {}
 
+impl From<redis::RedisError> for JobFailure {
+    fn from(e: redis::RedisError) -> Self {
+        Self::new("redis_error", e.to_string())
+    }
+}
+
+impl From<deadpool_redis::PoolError> for JobFailure {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        Self::new("redis_unavailable", e.to_string())
+    }
+}
+
 /// Runs jobs of one kind.
 pub trait JobHandler: Send + Sync + 'static {
     /// Runs one attempt of `job`.

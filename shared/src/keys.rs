@@ -109,6 +109,8 @@ pub struct Keys {
     pub dead: String,
     /// `<prefix>:{Q}:delayed`: sorted set of jobs due later, score = due time in ms.
     pub delayed: String,
+    /// `<prefix>:{Q}:done`: hash of job id → successful runs, written by the shipped job kinds.
+    pub done: String,
     /// `<prefix>:{Q}:result:`: prefix of the keys the shipped `demo`/`noop` kinds write results to.
     pub result_prefix: String,
 }
@@ -122,6 +124,7 @@ impl Keys {
             queue: queue.clone(),
             dead: format!("{base}:dead"),
             delayed: format!("{base}:delayed"),
+            done: format!("{base}:done"),
             result_prefix: format!("{base}:result:"),
             stream: base,
         })

@@ -7,14 +7,17 @@
 
 pub mod backoff;
 pub mod clock;
+pub mod config;
 pub mod connection;
 pub mod enqueue;
 pub mod handler;
 pub mod job;
 pub mod keys;
 pub mod limits;
+pub mod otlp_sink;
 pub mod propagation;
 pub mod queue;
+pub mod results;
 pub mod semconv;
 pub mod shutdown;
 pub mod telemetry;

@@ -116,11 +116,40 @@ pub struct Telemetry {
     export: Export,
 }
 
-/// Installs the global tracer provider, the W3C propagators and the tracing subscriber. `service_name` is used
-/// unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` names the service. Call it inside a Tokio runtime.
-pub fn init(service_name: &str, log_format: LogFormat) -> Result<Telemetry, TelemetryError> {
-    let export = Export::from_env()?;
-    let provider = provider(service_name, export)?;
+/// What [`init_with`] sets up.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    /// `service.name`, unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` names the service.
+    pub service_name: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Where spans go.
+    pub export: Export,
+    /// Base URL of the collector (`http://host:4318` or `http://host:4317`); `None` reads the `OTEL_*` variables.
+    pub endpoint: Option<String>,
+}
+
+impl TelemetrySettings {
+    /// Settings from the environment, as [`init`] uses them.
+    pub fn from_env(service_name: &str) -> Result<Self, TelemetryError> {
+        Ok(Self {
+            service_name: service_name.to_owned(),
+            log_format: LogFormat::from_env()?,
+            export: Export::from_env()?,
+            endpoint: None,
+        })
+    }
+}
+
+/// Installs telemetry as the environment says; see the module documentation. Call it inside a Tokio runtime.
+pub fn init(service_name: &str) -> Result<Telemetry, TelemetryError> {
+    init_with(TelemetrySettings::from_env(service_name)?)
+}
+
+/// Installs the global tracer provider, the W3C propagators and the tracing subscriber.
+pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryError> {
+    let export = settings.export;
+    let provider = provider(&settings)?;
     opentelemetry::global::set_tracer_provider(provider.clone());
     opentelemetry::global::set_text_map_propagator(opentelemetry::propagation::TextMapCompositePropagator::new(vec![
         Box::new(opentelemetry_sdk::propagation::TraceContextPropagator::new()),
@@ -130,7 +159,7 @@ pub fn init(service_name: &str, log_format: LogFormat) -> Result<Telemetry, Tele
     let trace_filter = filter("JOBSTREAM_TRACE_FILTER", "info")?;
     let log_filter = filter("RUST_LOG", "info")?;
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("jobstream")).with_filter(trace_filter);
-    let logs = match log_format {
+    let logs = match settings.log_format {
         LogFormat::Json => json_subscriber::layer()
             .with_writer(std::io::stderr)
             .with_opentelemetry_ids(true)
@@ -157,21 +186,33 @@ fn filter(var: &'static str, default: &str) -> Result<EnvFilter, TelemetryError>
     EnvFilter::builder().parse(spec).map_err(|source| TelemetryError::Filter { var, source })
 }
 
-fn provider(service_name: &str, export: Export) -> Result<SdkTracerProvider, TelemetryError> {
+fn provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, TelemetryError> {
     let mut resource = Resource::builder();
     let named_by_env = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
         || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.contains("service.name="));
     if !named_by_env {
-        resource = resource.with_service_name(service_name.to_owned());
+        resource = resource.with_service_name(settings.service_name.clone());
     }
     let resource = resource.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))).build();
     let builder = SdkTracerProvider::builder().with_resource(resource);
-    let builder = match export {
+    let endpoint = settings.endpoint.as_deref().map(|base| base.trim_end_matches('/'));
+    let builder = match settings.export {
         Export::Off => builder,
-        Export::HttpProtobuf => builder.with_batch_exporter(
-            opentelemetry_otlp::SpanExporter::builder().with_http().with_protocol(Protocol::HttpBinary).build()?,
-        ),
-        Export::Grpc => builder.with_batch_exporter(opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?),
+        Export::HttpProtobuf => {
+            let mut exporter =
+                opentelemetry_otlp::SpanExporter::builder().with_http().with_protocol(Protocol::HttpBinary);
+            if let Some(base) = endpoint {
+                exporter = exporter.with_endpoint(format!("{base}/v1/traces"));
+            }
+            builder.with_batch_exporter(exporter.build()?)
+        }
+        Export::Grpc => {
+            let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            if let Some(base) = endpoint {
+                exporter = exporter.with_endpoint(base.to_owned());
+            }
+            builder.with_batch_exporter(exporter.build()?)
+        }
     };
     Ok(builder.build())
 }

@@ -1,0 +1,101 @@
+//! `demo`: the seed's worker as a job kind. Four steps, each a child span of `process`: `http-request`,
+//! `load-data`, `process-data` (with simulated latency; one of these may fail at the configured rate) and
+//! `save-data`, which stores the job's result in Redis so a run can be checked for completeness.
+
+use std::time::Duration;
+
+use deadpool_redis::Pool;
+use jobstream::{results, Job, JobFailure, JobHandler, Keys};
+use opentelemetry::trace::Status;
+use rand::Rng;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The steps with their typical latency in ms at scale 1.
+const STEPS: [(&str, u64); 4] = [("http-request", 40), ("load-data", 25), ("process-data", 60), ("save-data", 15)];
+
+/// How the demo behaves.
+#[derive(Debug, Clone)]
+pub struct DemoSettings {
+    /// Multiplies every step's latency; 0 runs the steps without waiting.
+    pub latency_scale: f64,
+    /// Probability in [0, 1] that an attempt fails in one of its first three steps.
+    pub failure_rate: f64,
+    /// How long results stay in Redis.
+    pub result_ttl: Duration,
+    /// Recorded in the result: which consumer ran the job.
+    pub consumer: String,
+}
+
+/// The `demo` handler.
+pub struct Demo {
+    pool: Pool,
+    keys: Keys,
+    settings: DemoSettings,
+}
+
+impl Demo {
+    /// A demo handler storing results under `keys`.
+    pub fn new(pool: Pool, keys: Keys, settings: DemoSettings) -> Self {
+        Self { pool, keys, settings }
+    }
+
+    /// Which step fails this attempt (if any) and the latency of each step.
+    fn plan(&self) -> (Option<usize>, [Duration; 4]) {
+        let mut rng = rand::rng();
+        let fail_at = rng.random_bool(self.settings.failure_rate.clamp(0.0, 1.0)).then(|| rng.random_range(0..3));
+        let latencies = STEPS.map(|(_, ms)| {
+            let jittered = ms as f64 * rng.random_range(0.5..1.5) * self.settings.latency_scale.max(0.0);
+            Duration::from_secs_f64(jittered / 1000.0)
+        });
+        (fail_at, latencies)
+    }
+}
+
+impl JobHandler for Demo {
+    async fn handle(&self, job: Job) -> Result<(), JobFailure> {
+        let (fail_at, latencies) = self.plan();
+        for (index, ((name, _), latency)) in STEPS.iter().zip(latencies).enumerate() {
+            let span = tracing::info_span!(
+                "step",
+                otel.name = *name,
+                demo.step = *name,
+                demo.latency_ms = latency.as_millis() as u64
+            );
+            let result = async {
+                if !latency.is_zero() {
+                    tokio::time::sleep(latency).await;
+                }
+                if fail_at == Some(index) {
+                    return Err(JobFailure::new("simulated_failure", format!("{name} failed (simulated)")));
+                }
+                if *name == "save-data" {
+                    let result = serde_json::json!({
+                        "job_id": job.id.to_string(),
+                        "attempt": job.attempt,
+                        "consumer": self.settings.consumer,
+                        "input": job.payload.deserialize::<serde_json::Value>().unwrap_or_default(),
+                        "finished_at_ms": jobstream::clock::now_ms(),
+                    });
+                    results::store_result(
+                        &self.pool,
+                        &self.keys,
+                        &job.id,
+                        &result.to_string(),
+                        self.settings.result_ttl,
+                    )
+                    .await?;
+                }
+                Ok(())
+            }
+            .instrument(span.clone())
+            .await;
+            if let Err(failure) = result {
+                span.set_status(Status::error(failure.message.clone()));
+                span.set_attribute("error.type", failure.error_type.clone());
+                return Err(failure);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,77 @@
+//! The producer's command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use jobstream::config::{parse_duration, QueueArgs, RedisArgs};
+
+/// jobstream producer: puts jobs on a Redis stream, each carrying the W3C trace context of its `send` span.
+///
+/// Tracing follows the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL,
+/// OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER...); with no endpoint set, spans are not exported but trace ids are
+/// still made and propagated.
+#[derive(Parser, Debug)]
+#[command(name = "producer", version, verbatim_doc_comment)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Enqueue jobs and print one line per job: `<job id> <trace id>`.
+    Enqueue(EnqueueArgs),
+    /// Run the demo end to end: start consumers, send demo jobs, report what happened and one job's span tree.
+    Demo(DemoArgs),
+}
+
+/// `producer enqueue`.
+#[derive(Args, Debug)]
+pub struct EnqueueArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    /// Job kind; routes the job to a handler.
+    #[arg(long, env = "JOBSTREAM_KIND")]
+    pub kind: String,
+    /// The job's data, as JSON.
+    #[arg(long, default_value = "{}")]
+    pub payload: String,
+    /// How many jobs to enqueue (sent in pipelined batches of 1000).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: u64,
+}
+
+/// `producer demo`.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// How many consumer processes to start.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub consumers: u32,
+    /// How many demo jobs to send.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub jobs: u32,
+    /// Jobs each consumer runs at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: u32,
+    /// Multiplies the demo steps' simulated latency; 0 for none.
+    #[arg(long, default_value_t = 0.25)]
+    pub latency_scale: f64,
+    /// Probability that an attempt fails (it is then retried).
+    #[arg(long, default_value_t = 0.1)]
+    pub failure_rate: f64,
+    /// Give up waiting for the jobs after this long.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// The consumer binary [default: `consumer` next to this program].
+    #[arg(long)]
+    pub consumer_bin: Option<PathBuf>,
+    /// Keep the demo queue's keys in Redis afterwards (they are deleted by default).
+    #[arg(long)]
+    pub keep: bool,
+}

@@ -1,0 +1,64 @@
+//! Command-line and environment settings shared by the binaries. Flags win over environment variables, which
+//! win over defaults. The Redis URL may hold a password: its environment value is never printed by `--help`,
+//! and [`RedisArgs`]'s `Debug` shows it redacted.
+
+use std::fmt;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::connection::{self, ConnectError, PoolSettings};
+use crate::keys::{Keys, NameError, QueueName};
+use crate::limits::{Limits, DEFAULT_MAX_PAYLOAD_BYTES};
+
+/// Where Redis is.
+#[derive(Args, Clone)]
+pub struct RedisArgs {
+    /// Redis URL: redis://[user:password@]host:port[/db], or rediss:// for TLS.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    pub redis_url: String,
+}
+
+impl fmt::Debug for RedisArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisArgs").field("redis_url", &connection::redact(&self.redis_url)).finish()
+    }
+}
+
+impl RedisArgs {
+    /// A pool of at most `max_size` connections whose replies may take up to `response_timeout`.
+    pub fn pool(&self, max_size: usize, response_timeout: Duration) -> Result<deadpool_redis::Pool, ConnectError> {
+        connection::pool(&self.redis_url, &PoolSettings { max_size, response_timeout, ..PoolSettings::default() })
+    }
+}
+
+/// Which queue.
+#[derive(Args, Debug, Clone)]
+pub struct QueueArgs {
+    /// Queue name; its keys are <prefix>:{<queue>}...
+    #[arg(long, env = "JOBSTREAM_QUEUE", default_value = "jobs")]
+    pub queue: QueueName,
+    /// Prefix of every Redis key jobstream writes.
+    #[arg(long, env = "JOBSTREAM_PREFIX", default_value = crate::keys::DEFAULT_PREFIX)]
+    pub prefix: String,
+    /// Largest job payload accepted, in bytes (checked by producers and consumers).
+    #[arg(long, env = "JOBSTREAM_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES)]
+    pub max_payload_bytes: usize,
+}
+
+impl QueueArgs {
+    /// The queue's keys.
+    pub fn keys(&self) -> Result<Keys, NameError> {
+        Keys::new(&self.prefix, &self.queue)
+    }
+
+    /// The limits on jobs.
+    pub fn limits(&self) -> Limits {
+        Limits { max_payload_bytes: self.max_payload_bytes }
+    }
+}
+
+/// Parses a duration such as `500ms`, `30s`, `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}

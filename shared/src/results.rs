@@ -1,0 +1,90 @@
+//! Completion records of the shipped job kinds, so that a run can be checked: no job lost, none run twice.
+//!
+//! A successful run increments the job's field in the `<prefix>:{Q}:done` hash; the `demo` kind also stores its
+//! result under `<prefix>:{Q}:result:<job id>` with a time to live. Both are written after the handler's work
+//! and before the acknowledgement, so a crash in between shows as a count of 2: a duplicate, not a loss.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use deadpool_redis::Pool;
+
+use crate::handler::JobFailure;
+use crate::job::JobId;
+use crate::keys::Keys;
+
+/// Counts one successful run of `job_id`.
+pub async fn record_done(pool: &Pool, keys: &Keys, job_id: &JobId) -> Result<(), JobFailure> {
+    let mut conn = pool.get().await?;
+    redis::cmd("HINCRBY").arg(&keys.done).arg(job_id.to_string()).arg(1).query_async::<i64>(&mut conn).await?;
+    Ok(())
+}
+
+/// Stores a job's result for `ttl` and counts the run, in one MULTI so both or neither are written.
+pub async fn store_result(
+    pool: &Pool,
+    keys: &Keys,
+    job_id: &JobId,
+    result_json: &str,
+    ttl: Duration,
+) -> Result<(), JobFailure> {
+    let id = job_id.to_string();
+    let mut conn = pool.get().await?;
+    redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg(keys.result(&id))
+        .arg(result_json)
+        .arg("PX")
+        .arg(ttl.as_millis().max(1) as u64)
+        .ignore()
+        .cmd("HINCRBY")
+        .arg(&keys.done)
+        .arg(&id)
+        .arg(1)
+        .ignore()
+        .query_async::<()>(&mut conn)
+        .await?;
+    Ok(())
+}
+
+/// How many of a set of jobs completed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Completion {
+    /// Jobs that ran successfully at least once.
+    pub done: usize,
+    /// Jobs that ran successfully more than once.
+    pub duplicated: usize,
+    /// Extra runs beyond the first, summed.
+    pub extra_runs: u64,
+    /// Jobs with no successful run yet.
+    pub missing: usize,
+}
+
+/// Reads the completion of `ids` from the `done` hash, in chunks of 1000.
+pub async fn completion(pool: &Pool, keys: &Keys, ids: &[String]) -> redis::RedisResult<Completion> {
+    let mut conn = pool.get().await.map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
+    let mut out = Completion::default();
+    for chunk in ids.chunks(1000) {
+        let counts: Vec<Option<u64>> = redis::cmd("HMGET").arg(&keys.done).arg(chunk).query_async(&mut conn).await?;
+        for count in counts {
+            match count {
+                None | Some(0) => out.missing += 1,
+                Some(n) => {
+                    out.done += 1;
+                    if n > 1 {
+                        out.duplicated += 1;
+                        out.extra_runs += n - 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every job id in the `done` hash with its run count.
+pub async fn all_runs(pool: &Pool, keys: &Keys) -> redis::RedisResult<HashMap<String, u64>> {
+    let mut conn = pool.get().await.map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
+    redis::cmd("HGETALL").arg(&keys.done).query_async(&mut conn).await
+}
