@@ -1,1 +1,231 @@
+//! Test helpers shared by the end-to-end tests: a private `redis-server` per test, the built `producer` and
+//! `consumer` binaries run as real processes, and polling helpers that wait on a condition with a deadline.
+//!
+//! The binaries are found next to the test executable's `deps/` folder; `scripts/test` builds them first.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use jobstream::otlp_sink::{OtlpSink, ReceivedSpan};
+
+/// A `redis-server` of this test's own, on a free loopback port, in a temp dir; killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    appendonly: bool,
+}
+
+impl RedisServer {
+    /// Starts a server without persistence.
+    pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts a server; with `appendonly`, every write is fsynced to an AOF so a restart keeps it.
+    pub fn start_with(appendonly: bool) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let mut server = Self { child: None, port, dir, appendonly };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("redis.log")).expect("redis log");
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--save")
+            .arg("")
+            .arg("--daemonize")
+            .arg("no");
+        if self.appendonly {
+            cmd.arg("--appendonly").arg("yes").arg("--appendfsync").arg("always");
+        } else {
+            cmd.arg("--appendonly").arg("no");
+        }
+        let child = cmd.stdout(log).stderr(Stdio::null()).spawn().expect("redis-server must be installed (scripts/test installs it)");
+        self.child = Some(child);
+        wait_until(Duration::from_secs(10), "redis-server to accept connections", || {
+            redis::Client::open(self.url()).and_then(|c| c.get_connection()).and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_ok()
+        });
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A synchronous connection for assertions.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url()).unwrap().get_connection().expect("connect to the test redis")
+    }
+
+    /// Kills the server with SIGKILL (no chance to save).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and directory (an AOF, if on, is loaded).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// The server's data directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// Polls `done` every 10 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The path of a workspace binary built next to this test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: build the binaries first (`cargo build --bins`; scripts/test does)", path.display());
+    path
+}
+
+/// A `Command` for a workspace binary with tracing pointed at `sink` (http/protobuf) under `service`.
+pub fn traced(name: &str, redis: &RedisServer, sink: &OtlpSink, service: &str) -> Command {
+    let mut cmd = Command::new(bin(name));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("REDIS_URL", redis.url())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.http_endpoint())
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env("OTEL_SERVICE_NAME", service)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("JOBSTREAM_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+/// A running consumer process; SIGKILLed on drop if still running.
+pub struct ConsumerProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl ConsumerProcess {
+    /// Spawns `cmd` (a consumer command) with its stderr in a log file under `dir`.
+    pub fn spawn(mut cmd: Command, dir: &Path, name: &str) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("consumer log");
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(file).spawn().expect("spawn consumer");
+        Self { child, log }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        use nix::sys::signal::{kill, Signal};
+        let _ = kill(nix::unistd::Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let status = self.child.wait().expect("wait for consumer");
+        status.code()
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The process's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ConsumerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One line of `producer enqueue` output.
+#[derive(Debug, Clone)]
+pub struct EnqueuedLine {
+    pub job_id: String,
+    pub trace_id: String,
+}
+
+/// Runs `producer enqueue` and parses its output; panics with its stderr on failure.
+pub fn enqueue(mut cmd: Command, queue: &str, kind: &str, payload: &str, count: u32) -> Vec<EnqueuedLine> {
+    let out = cmd
+        .args(["enqueue", "--queue", queue, "--kind", kind, "--payload", payload, "--count", &count.to_string()])
+        .output()
+        .expect("run producer");
+    assert!(out.status.success(), "producer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<EnqueuedLine> = String::from_utf8(out.stdout)
+        .expect("utf-8 output")
+        .lines()
+        .map(|line| {
+            let (job_id, trace_id) = line.split_once(' ').unwrap_or_else(|| panic!("bad producer line {line:?}"));
+            EnqueuedLine { job_id: job_id.to_owned(), trace_id: trace_id.to_owned() }
+        })
+        .collect();
+    assert_eq!(lines.len(), count as usize, "one line per job");
+    lines
+}
+
+/// The `done` hash of a queue: job id → successful runs.
+pub fn done_counts(conn: &mut redis::Connection, queue: &str) -> std::collections::HashMap<String, u64> {
+    redis::cmd("HGETALL").arg(format!("jobstream:{{{queue}}}:done")).query(conn).expect("HGETALL done")
+}
+
+/// Number of entries pending in the queue's group.
+pub fn pending(conn: &mut redis::Connection, queue: &str, group: &str) -> u64 {
+    let summary: redis::Value =
+        redis::cmd("XPENDING").arg(format!("jobstream:{{{queue}}}")).arg(group).query(conn).expect("XPENDING");
+    match summary {
+        redis::Value::Array(items) => match items.first() {
+            Some(redis::Value::Int(n)) => *n as u64,
+            other => panic!("unexpected XPENDING reply {other:?}"),
+        },
+        other => panic!("unexpected XPENDING reply {other:?}"),
+    }
+}
+
+/// The spans of one trace with a given name.
+pub fn named<'a>(spans: &'a [ReceivedSpan], trace_id: &str, name: &str) -> Vec<&'a ReceivedSpan> {
+    spans.iter().filter(|s| s.trace_id == trace_id && s.name == name).collect()
+}
