@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use jobstream::config::{parse_duration, QueueArgs, RedisArgs};
+use jobstream::retry::parse_kind_attempts;
 use jobstream::GroupName;
 
 /// jobstream worker pool: reads jobs from a Redis stream as one consumer of a consumer group, runs each inside
@@ -40,6 +41,25 @@ pub struct Cli {
     /// How long running jobs may take to finish after SIGTERM.
     #[arg(long, env = "JOBSTREAM_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// A job idle this long in another consumer's hands is taken over (that consumer is presumed dead).
+    /// Running jobs renew their claim every third of it, so a slow job of a live worker is never taken.
+    #[arg(long, env = "JOBSTREAM_VISIBILITY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub visibility_timeout: Duration,
+    /// Attempts per job, the first included; then the job is dead-lettered.
+    #[arg(long, env = "JOBSTREAM_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+    /// Attempts for one job kind, overriding --max-attempts: KIND=N (repeatable; env: comma-separated).
+    #[arg(long, env = "JOBSTREAM_MAX_ATTEMPTS_FOR", value_delimiter = ',', value_parser = parse_kind_attempts)]
+    pub max_attempts_for: Vec<(String, u32)>,
+    /// Delay before the second attempt; it doubles for each further one (with jitter).
+    #[arg(long, env = "JOBSTREAM_RETRY_BASE_DELAY", default_value = "1s", value_parser = parse_duration)]
+    pub retry_base_delay: Duration,
+    /// Longest delay between attempts.
+    #[arg(long, env = "JOBSTREAM_RETRY_MAX_DELAY", default_value = "5m", value_parser = parse_duration)]
+    pub retry_max_delay: Duration,
+    /// A job delivered more often than this without an outcome (it crashes its workers) is dead-lettered.
+    #[arg(long, env = "JOBSTREAM_MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_deliveries: u64,
     /// Approximate cap on the dead-letter stream's length; 0 for none.
     #[arg(long, env = "JOBSTREAM_DEAD_MAXLEN", default_value_t = 100_000)]
     pub dead_maxlen: u64,

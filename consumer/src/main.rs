@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use jobstream::retry::RetryPolicy;
 use jobstream::worker::default_consumer_name;
 use jobstream::{telemetry, Handlers, JobKind, Producer, Worker, WorkerConfig};
 
@@ -51,6 +52,14 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
     config.shutdown_grace = cli.shutdown_grace;
     config.limits = limits;
     config.dead_maxlen = cli.dead_maxlen;
+    config.visibility_timeout = cli.visibility_timeout;
+    config.max_deliveries = cli.max_deliveries;
+    config.retry = RetryPolicy {
+        max_attempts: cli.max_attempts,
+        base_delay: cli.retry_base_delay,
+        max_delay: cli.retry_max_delay,
+        max_attempts_by_kind: cli.max_attempts_for.into_iter().collect(),
+    };
     Worker::new(pool, keys, handlers, config).run(shutdown).await?;
     Ok(())
 }

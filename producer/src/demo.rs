@@ -152,6 +152,8 @@ fn spawn_consumers(
                 .arg(args.concurrency.to_string())
                 .arg("--block")
                 .arg("500ms")
+                .arg("--retry-base-delay")
+                .arg("100ms")
                 .arg("--demo-latency-scale")
                 .arg(args.latency_scale.to_string())
                 .arg("--demo-failure-rate")

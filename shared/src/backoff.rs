@@ -20,11 +20,9 @@ impl Backoff {
 
     /// The delay before the next try; each call counts one more failure.
     pub fn next_delay(&mut self) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << self.failures.min(16));
+        let delay = jittered(self.base, self.max, self.failures);
         self.failures = self.failures.saturating_add(1);
-        let cap = exp.min(self.max);
-        let half = cap / 2;
-        half + rand::rng().random_range(Duration::ZERO..=cap - half)
+        delay
     }
 
     /// Failures since the last success.
@@ -36,6 +34,14 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.failures = 0;
     }
+}
+
+/// `base · 2^exponent`, capped at `max`, then drawn uniformly from `[d/2, d]` ("equal jitter"): delays grow
+/// exponentially but never synchronise across workers.
+pub fn jittered(base: Duration, max: Duration, exponent: u32) -> Duration {
+    let cap = base.saturating_mul(1u32 << exponent.min(20)).min(max);
+    let half = cap / 2;
+    half + rand::rng().random_range(Duration::ZERO..=cap - half)
 }
 
 #[cfg(test)]

@@ -20,12 +20,19 @@ pub struct JobFailure {
     pub error_type: String,
     /// What happened.
     pub message: String,
+    /// True when retrying cannot help (bad payload): the job is dead-lettered at once.
+    pub permanent: bool,
 }
 
 impl JobFailure {
-    /// A failure of class `error_type`.
+    /// A failure of class `error_type`; the job is retried while attempts remain.
     pub fn new(error_type: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { error_type: error_type.into(), message: message.into() }
+        Self { error_type: error_type.into(), message: message.into(), permanent: false }
+    }
+
+    /// A failure that retrying cannot fix: the job is dead-lettered at once.
+    pub fn permanent(error_type: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { permanent: true, ..Self::new(error_type, message) }
     }
 }
 

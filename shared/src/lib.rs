@@ -18,6 +18,7 @@ pub mod otlp_sink;
 pub mod propagation;
 pub mod queue;
 pub mod results;
+pub mod retry;
 pub mod semconv;
 pub mod shutdown;
 pub mod telemetry;

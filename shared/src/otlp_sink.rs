@@ -253,9 +253,10 @@ pub fn render_trace(spans: &[ReceivedSpan], trace_id: &str) -> String {
                 if span.status == "error" { format!("  ERROR {}", span.status_message) } else { String::new() };
             let _ = writeln!(
                 out,
-                "{}{} [{}] {} {:.1} ms{}",
+                "{}{}{} [{}] {} {:.1} ms{}",
                 "  ".repeat(depth + 1),
                 span.name,
+                attempt,
                 span.kind,
                 span.service_name,
                 ms,

@@ -13,6 +13,11 @@ use redis::streams::StreamReadReply;
 use crate::keys::{GroupName, Keys};
 
 static DEAD_LETTER: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("lua/dead_letter.lua")));
+static SCHEDULE_RETRY: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("lua/schedule_retry.lua")));
+static PROMOTE_DUE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("lua/promote_due.lua")));
+static RENEW_CLAIMS: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("lua/renew_claims.lua")));
 
 /// One stream entry as delivered to this consumer.
 #[derive(Debug, Clone)]
@@ -23,6 +28,8 @@ pub struct Delivery {
     pub fields: HashMap<String, redis::Value>,
     /// How many times the entry has been delivered, this time included.
     pub delivery_count: u64,
+    /// When the entry was taken over from another consumer: that consumer and how long the entry had been idle.
+    pub reclaimed_from: Option<(String, u64)>,
 }
 
 /// Creates the consumer group at the start of the stream (and the stream itself) unless it exists.
@@ -72,7 +79,7 @@ pub async fn read_new<C: ConnectionLike>(
         .into_iter()
         .flat_map(|r| r.keys)
         .flat_map(|k| k.ids)
-        .map(|entry| Delivery { message_id: entry.id, fields: entry.map, delivery_count: 1 })
+        .map(|entry| Delivery { message_id: entry.id, fields: entry.map, delivery_count: 1, reclaimed_from: None })
         .collect())
 }
 
@@ -97,6 +104,8 @@ pub enum DeadReason {
     MaxAttempts,
     /// The entry was delivered too often without an outcome: it keeps killing its workers.
     Poison,
+    /// The handler said retrying cannot help.
+    Permanent,
 }
 
 impl DeadReason {
@@ -107,6 +116,7 @@ impl DeadReason {
             Self::UnknownKind => "unknown_kind",
             Self::MaxAttempts => "max_attempts",
             Self::Poison => "poison",
+            Self::Permanent => "permanent_failure",
         }
     }
 }
@@ -163,5 +173,147 @@ fn raw_bytes(value: &redis::Value) -> Vec<u8> {
         redis::Value::SimpleString(text) => text.as_bytes().to_vec(),
         redis::Value::Int(n) => n.to_string().into_bytes(),
         other => format!("{other:?}").into_bytes(),
+    }
+}
+
+/// Acknowledges a failed attempt and puts its successor (`next_fields`, attempt already incremented) in the
+/// delayed set, due at `due_ms`, atomically. Returns false when the entry was no longer pending.
+pub async fn schedule_retry<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    group: &GroupName,
+    message_id: &str,
+    due_ms: u64,
+    next_fields: &[(&str, String)],
+) -> redis::RedisResult<bool> {
+    let member: Vec<&str> = next_fields.iter().flat_map(|(k, v)| [*k, v.as_str()]).collect();
+    let member = serde_json::to_string(&member).expect("strings always serialize");
+    let moved: i64 = SCHEDULE_RETRY
+        .key(&keys.stream)
+        .key(&keys.delayed)
+        .arg(group.as_str())
+        .arg(message_id)
+        .arg(due_ms)
+        .arg(member)
+        .invoke_async(conn)
+        .await?;
+    Ok(moved == 1)
+}
+
+/// Moves up to `limit` jobs due by `now_ms` from the delayed set to the stream; returns how many moved.
+pub async fn promote_due<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    now_ms: u64,
+    limit: usize,
+) -> redis::RedisResult<usize> {
+    PROMOTE_DUE.key(&keys.delayed).key(&keys.stream).arg(now_ms).arg(limit).invoke_async(conn).await
+}
+
+/// Resets the idle time of entries this consumer still owns; returns the ids it no longer owns.
+pub async fn renew_claims<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    group: &GroupName,
+    consumer: &str,
+    ids: &[String],
+) -> redis::RedisResult<Vec<String>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    RENEW_CLAIMS.key(&keys.stream).arg(group.as_str()).arg(consumer).arg(ids).invoke_async(conn).await
+}
+
+/// One page of [`claim_stale`].
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// Where the next page starts; `0-0` when the scan wrapped around.
+    pub next_cursor: String,
+    /// Entries now owned by this consumer.
+    pub deliveries: Vec<Delivery>,
+    /// Pending ids whose entries no longer exist in the stream (Redis removed them from the group).
+    pub deleted: Vec<String>,
+}
+
+/// Takes over up to `count` entries idle for at least `min_idle`, starting at `cursor` (XAUTOCLAIM). The
+/// owner, idle time and delivery count of each are read in the same MULTI, so they describe exactly the
+/// entries claimed.
+pub async fn claim_stale<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    group: &GroupName,
+    consumer: &str,
+    min_idle: Duration,
+    cursor: &str,
+    count: usize,
+) -> redis::RedisResult<Claimed> {
+    let min_idle_ms = min_idle.as_millis() as u64;
+    let (pending, claimed): (redis::Value, redis::Value) = redis::pipe()
+        .atomic()
+        .cmd("XPENDING")
+        .arg(&keys.stream)
+        .arg(group.as_str())
+        .arg("IDLE")
+        .arg(min_idle_ms)
+        .arg(cursor)
+        .arg("+")
+        .arg(count)
+        .cmd("XAUTOCLAIM")
+        .arg(&keys.stream)
+        .arg(group.as_str())
+        .arg(consumer)
+        .arg(min_idle_ms)
+        .arg(cursor)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    let mut before: HashMap<String, (String, u64, u64)> = HashMap::new();
+    for row in array(pending) {
+        if let [id, owner, idle, deliveries] = &array(row)[..] {
+            before.insert(text(id), (text(owner), int(idle), int(deliveries)));
+        }
+    }
+    let mut parts = array(claimed).into_iter();
+    let next_cursor = parts.next().map(text).unwrap_or_else(|| "0-0".to_owned());
+    let deliveries = parts
+        .next()
+        .map(array)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|entry| {
+            let mut entry = array(entry).into_iter();
+            let id = text(entry.next()?);
+            let fields = array(entry.next()?);
+            let fields: HashMap<String, redis::Value> =
+                fields.chunks(2).filter_map(|kv| Some((text(kv.first()?.clone()), kv.get(1)?.clone()))).collect();
+            let (owner, idle, deliveries) = before.get(&id).cloned().unwrap_or_default();
+            Some(Delivery {
+                message_id: id,
+                fields,
+                delivery_count: deliveries + 1,
+                reclaimed_from: Some((owner, idle)),
+            })
+        })
+        .collect();
+    let deleted = parts.next().map(array).unwrap_or_default().into_iter().map(text).collect();
+    Ok(Claimed { next_cursor, deliveries, deleted })
+}
+
+fn array(value: redis::Value) -> Vec<redis::Value> {
+    match value {
+        redis::Value::Array(items) => items,
+        _ => Vec::new(),
+    }
+}
+
+fn text(value: impl std::borrow::Borrow<redis::Value>) -> String {
+    String::from_utf8_lossy(&raw_bytes(value.borrow())).into_owned()
+}
+
+fn int(value: &redis::Value) -> u64 {
+    match value {
+        redis::Value::Int(n) => (*n).max(0) as u64,
+        other => text(other).parse().unwrap_or(0),
     }
 }

@@ -35,3 +35,11 @@ pub const TRACE_CONTEXT_ERROR: &str = "jobstream.trace.context_error";
 pub const ERROR_TYPE: &str = "error.type";
 /// Outcome of settling a job: `ack`, `retry`, `dead`.
 pub const SETTLE_OUTCOME: &str = "jobstream.settle.outcome";
+/// Delay before the next attempt, on a `settle` event with outcome `retry`.
+pub const RETRY_DELAY_MS: &str = "jobstream.retry.delay_ms";
+/// The next attempt's number, on a `settle` event with outcome `retry`.
+pub const RETRY_NEXT_ATTEMPT: &str = "jobstream.retry.next_attempt";
+/// The consumer this entry was taken over from (it was idle past the visibility timeout).
+pub const RECLAIMED_FROM: &str = "jobstream.reclaimed_from";
+/// How long the entry had been idle when it was taken over.
+pub const RECLAIMED_IDLE_MS: &str = "jobstream.reclaimed_idle_ms";

@@ -51,10 +51,17 @@ impl RedisServer {
         } else {
             cmd.arg("--appendonly").arg("no");
         }
-        let child = cmd.stdout(log).stderr(Stdio::null()).spawn().expect("redis-server must be installed (scripts/test installs it)");
+        let child = cmd
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)");
         self.child = Some(child);
         wait_until(Duration::from_secs(10), "redis-server to accept connections", || {
-            redis::Client::open(self.url()).and_then(|c| c.get_connection()).and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_ok()
+            redis::Client::open(self.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
         });
     }
 
@@ -113,7 +120,11 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: build the binaries first (`cargo build --bins`; scripts/test does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --bins`; scripts/test does)",
+        path.display()
+    );
     path
 }
 

@@ -10,8 +10,12 @@ const SPAN_WAIT: Duration = Duration::from_secs(20);
 
 fn consumer_cmd(redis: &RedisServer, sink: &OtlpSink, queue: &str, name: &str) -> std::process::Command {
     let mut cmd = traced("consumer", redis, sink, "test-consumer");
-    cmd.args(["--queue", queue, "--consumer", name, "--block", "200ms", "--concurrency", "8"])
-        .args(["--demo-latency-scale", "0", "--demo-failure-rate", "0"]);
+    cmd.args(["--queue", queue, "--consumer", name, "--block", "200ms", "--concurrency", "8"]).args([
+        "--demo-latency-scale",
+        "0",
+        "--demo-failure-rate",
+        "0",
+    ]);
     cmd
 }
 
@@ -22,7 +26,9 @@ async fn jobs_run_once_and_each_forms_one_trace_across_processes() {
     let logs = tempfile::tempdir().unwrap();
     let queue = "e2e";
     let consumers: Vec<_> = (0..2)
-        .map(|i| ConsumerProcess::spawn(consumer_cmd(&redis, &sink, queue, &format!("c{i}")), logs.path(), &format!("c{i}")))
+        .map(|i| {
+            ConsumerProcess::spawn(consumer_cmd(&redis, &sink, queue, &format!("c{i}")), logs.path(), &format!("c{i}"))
+        })
         .collect();
 
     let jobs = enqueue(traced("producer", &redis, &sink, "test-producer"), queue, "demo", r#"{"x":1}"#, 20);
@@ -73,7 +79,11 @@ async fn jobs_run_once_and_each_forms_one_trace_across_processes() {
         for step in ["http-request", "load-data", "process-data", "save-data"] {
             let found = named(&spans, &job.trace_id, step);
             assert_eq!(found.len(), 1, "{step} in trace {}", job.trace_id);
-            assert_eq!(found[0].parent_span_id.as_deref(), Some(process.span_id.as_str()), "{step} is a child of process");
+            assert_eq!(
+                found[0].parent_span_id.as_deref(),
+                Some(process.span_id.as_str()),
+                "{step} is a child of process"
+            );
         }
     }
 }
@@ -85,8 +95,14 @@ async fn a_fanout_job_makes_one_trace_over_three_hops() {
     let logs = tempfile::tempdir().unwrap();
     let queue = "fan";
     let consumer = ConsumerProcess::spawn(consumer_cmd(&redis, &sink, queue, "c0"), logs.path(), "c0");
-    let job = enqueue(traced("producer", &redis, &sink, "test-producer"), queue, "fanout", r#"{"children":2,"depth":2,"leaf":"demo"}"#, 1)
-        .remove(0);
+    let job = enqueue(
+        traced("producer", &redis, &sink, "test-producer"),
+        queue,
+        "fanout",
+        r#"{"children":2,"depth":2,"leaf":"demo"}"#,
+        1,
+    )
+    .remove(0);
     let mut conn = redis.conn();
     // 1 fanout of depth 2, 2 of depth 1, 4 demo leaves.
     wait_until(Duration::from_secs(30), "7 jobs to complete", || done_counts(&mut conn, queue).len() == 7);

@@ -48,15 +48,16 @@ impl Fanout {
 
 impl JobHandler for Fanout {
     async fn handle(&self, job: Job) -> Result<(), JobFailure> {
-        let spec: Spec = job.payload.deserialize().map_err(|e| JobFailure::new("invalid_payload", e.to_string()))?;
+        let spec: Spec =
+            job.payload.deserialize().map_err(|e| JobFailure::permanent("invalid_payload", e.to_string()))?;
         if spec.children > MAX_CHILDREN || spec.depth == 0 || spec.depth > MAX_DEPTH {
-            return Err(JobFailure::new(
+            return Err(JobFailure::permanent(
                 "invalid_payload",
                 format!("children must be at most {MAX_CHILDREN} and depth 1 to {MAX_DEPTH}"),
             ));
         }
         let limits = *self.producer.limits();
-        let invalid = |e: jobstream::job::JobError| JobFailure::new("invalid_payload", e.to_string());
+        let invalid = |e: jobstream::job::JobError| JobFailure::permanent("invalid_payload", e.to_string());
         let (kind, payload) = if spec.depth > 1 {
             let next = Spec { depth: spec.depth - 1, ..spec.clone() };
             (JobKind::parse("fanout").map_err(invalid)?, Payload::from_value(&next, &limits).map_err(invalid)?)

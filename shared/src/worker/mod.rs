@@ -2,19 +2,22 @@
 //! kind's handler, at most `concurrency` at a time.
 //!
 //! The read loop takes a semaphore permit per job before it reads, so it never holds more entries than it can
-//! run; each job runs in its own task and releases its permit when settled. On shutdown the loop stops reading,
-//! waits up to the grace period for running jobs, and sends their acknowledgements; what does not finish stays
-//! pending in the group, to be claimed by another worker.
+//! run; each job runs in its own task and releases its permit when settled. Between reads of new entries it
+//! takes over entries other consumers left idle past the visibility timeout (they died), page by page.
+//! Alongside run two maintenance tasks: one moves due retries back to the stream, one renews the claim on
+//! jobs still running here. On shutdown the loop stops reading, waits up to the grace period for running jobs,
+//! and sends their acknowledgements; what does not finish stays pending, to be claimed by another worker.
 
 mod acker;
+mod maintenance;
 mod process;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_redis::Pool;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -22,10 +25,13 @@ use crate::backoff::Backoff;
 use crate::handler::Handlers;
 use crate::keys::{GroupName, Keys};
 use crate::limits::Limits;
-use crate::queue;
+use crate::queue::{self, Delivery};
+use crate::retry::RetryPolicy;
 
 /// How long the acknowledgements of finished jobs may take to send at shutdown.
 const ACK_DRAIN: Duration = Duration::from_secs(5);
+/// How often due retries are moved back to the stream.
+const PROMOTE_EVERY: Duration = Duration::from_millis(200);
 
 /// How a worker reads and runs jobs.
 #[derive(Debug, Clone)]
@@ -46,6 +52,13 @@ pub struct WorkerConfig {
     pub limits: Limits,
     /// Cap on the dead stream's length (approximate, `MAXLEN ~`); 0 for none.
     pub dead_maxlen: u64,
+    /// An entry idle this long in another consumer's hands is taken over: that consumer is presumed dead.
+    /// Running jobs renew their claim every third of it, so a live worker's slow job is never taken.
+    pub visibility_timeout: Duration,
+    /// An entry delivered more often than this without an outcome is dead-lettered as poison.
+    pub max_deliveries: u64,
+    /// When failed jobs run again.
+    pub retry: RetryPolicy,
 }
 
 impl WorkerConfig {
@@ -60,7 +73,14 @@ impl WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             limits: Limits::default(),
             dead_maxlen: 100_000,
+            visibility_timeout: Duration::from_secs(60),
+            max_deliveries: 5,
+            retry: RetryPolicy::default(),
         }
+    }
+
+    fn reclaim_every(&self) -> Duration {
+        (self.visibility_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
     }
 }
 
@@ -78,12 +98,16 @@ pub fn default_consumer_name() -> String {
 /// Counts of what a worker did, readable while it runs.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
-    /// Entries received from Redis.
+    /// Entries received from Redis, new and reclaimed.
     pub received: AtomicU64,
+    /// Entries taken over from other consumers.
+    pub reclaimed: AtomicU64,
     /// Jobs whose handler succeeded.
     pub succeeded: AtomicU64,
-    /// Attempts that failed (left pending, retried or dead-lettered).
+    /// Attempts that failed.
     pub failed: AtomicU64,
+    /// Failed attempts scheduled to run again.
+    pub retried: AtomicU64,
     /// Entries moved to the dead stream.
     pub dead_lettered: AtomicU64,
     /// Jobs running now.
@@ -101,17 +125,18 @@ impl WorkerStats {
 pub enum WorkerError {
     #[error("the worker has no handler; register at least one job kind")]
     NoHandlers,
-    #[error("concurrency and batch size must be at least 1")]
-    ZeroConcurrency,
+    #[error("concurrency, batch size, max attempts and max deliveries must be at least 1")]
+    Zero,
 }
 
-/// State every job task of a worker shares.
+/// State every task of a worker shares.
 pub(crate) struct Shared {
     pub(crate) pool: Pool,
     pub(crate) keys: Keys,
     pub(crate) config: WorkerConfig,
     pub(crate) handlers: Handlers,
     pub(crate) stats: Arc<WorkerStats>,
+    pub(crate) in_flight: maintenance::InFlight,
 }
 
 /// One consumer of a queue's consumer group.
@@ -122,7 +147,16 @@ pub struct Worker {
 impl Worker {
     /// A worker for the queue whose keys are `keys`.
     pub fn new(pool: Pool, keys: Keys, handlers: Handlers, config: WorkerConfig) -> Self {
-        Self { shared: Arc::new(Shared { pool, keys, config, handlers, stats: Arc::default() }) }
+        Self {
+            shared: Arc::new(Shared {
+                pool,
+                keys,
+                config,
+                handlers,
+                stats: Arc::default(),
+                in_flight: maintenance::InFlight::default(),
+            }),
+        }
     }
 
     /// The counters of this worker.
@@ -138,16 +172,23 @@ impl Worker {
         if shared.handlers.kinds().is_empty() {
             return Err(WorkerError::NoHandlers);
         }
-        if config.concurrency == 0 || config.batch_size == 0 {
-            return Err(WorkerError::ZeroConcurrency);
+        if config.concurrency == 0
+            || config.batch_size == 0
+            || config.retry.max_attempts == 0
+            || config.max_deliveries == 0
+        {
+            return Err(WorkerError::Zero);
         }
         let give_up_acks = CancellationToken::new();
         let (acks, acker) =
             acker::spawn(shared.pool.clone(), shared.keys.clone(), config.group.clone(), give_up_acks.clone());
+        let maintenance_stop = CancellationToken::new();
+        let promoter = tokio::spawn(maintenance::promote(shared.clone(), PROMOTE_EVERY, maintenance_stop.clone()));
+        let renewer =
+            tokio::spawn(maintenance::renew(shared.clone(), config.visibility_timeout / 3, maintenance_stop.clone()));
         let permits = Arc::new(Semaphore::new(config.concurrency));
         let tasks = TaskTracker::new();
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        let mut group_ready = false;
+        let mut reader = Reader::new(&shared);
         tracing::info!(
             queue = %shared.keys.queue(),
             group = %config.group,
@@ -162,46 +203,10 @@ impl Worker {
                 _ = shutdown.cancelled() => break,
                 permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
-            let mut held = vec![first];
-            while held.len() < config.batch_size {
-                match permits.clone().try_acquire_owned() {
-                    Ok(permit) => held.push(permit),
-                    Err(_) => break,
-                }
-            }
-            let read = async {
-                let mut conn = shared.pool.get().await.map_err(|e| e.to_string())?;
-                if !group_ready {
-                    queue::ensure_group(&mut conn, &shared.keys, &config.group).await.map_err(|e| e.to_string())?;
-                }
-                queue::read_new(&mut conn, &shared.keys, &config.group, &config.consumer, held.len(), config.block)
-                    .await
-                    .map_err(|e| {
-                        if queue::is_no_group(&e) {
-                            "NOGROUP: the consumer group is gone; recreating it".to_owned()
-                        } else {
-                            e.to_string()
-                        }
-                    })
-            }
-            .await;
-            let deliveries = match read {
-                Ok(deliveries) => {
-                    if backoff.failures() > 0 {
-                        tracing::info!(after_failures = backoff.failures(), "Redis reachable again");
-                    }
-                    backoff.reset();
-                    group_ready = true;
-                    deliveries
-                }
-                Err(error) => {
-                    group_ready = false;
-                    let delay = backoff.next_delay();
-                    if backoff.failures() == 1 {
-                        tracing::warn!(%error, "reading the queue failed; retrying with back-off");
-                    } else {
-                        tracing::debug!(%error, ?delay, "reading the queue failed again");
-                    }
+            let held = take_more(first, &permits, config.batch_size);
+            let deliveries = match reader.next(held.len()).await {
+                Ok(deliveries) => deliveries,
+                Err(delay) => {
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(delay) => continue,
@@ -230,6 +235,8 @@ impl Worker {
                 "grace period over; unfinished jobs stay pending for another worker"
             );
         }
+        maintenance_stop.cancel();
+        let _ = tokio::join!(promoter, renewer);
         drop(acks);
         let mut acker = acker;
         let unsent = match tokio::time::timeout(ACK_DRAIN, &mut acker).await {
@@ -244,5 +251,100 @@ impl Worker {
         }
         tracing::info!("worker stopped");
         Ok(())
+    }
+}
+
+/// Takes up to `max` permits in all, without waiting, starting with `first`.
+fn take_more(first: OwnedSemaphorePermit, permits: &Arc<Semaphore>, max: usize) -> Vec<OwnedSemaphorePermit> {
+    let mut held = vec![first];
+    while held.len() < max {
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => held.push(permit),
+            Err(_) => break,
+        }
+    }
+    held
+}
+
+/// Where the next entries come from: stale entries of dead consumers when a reclaim pass is due, else new ones.
+/// Keeps the group existing (recreating it after NOGROUP) and backs off while Redis is unreachable.
+struct Reader<'a> {
+    shared: &'a Shared,
+    group_ready: bool,
+    backoff: Backoff,
+    reclaim_cursor: String,
+    next_reclaim: Instant,
+}
+
+impl<'a> Reader<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        Self {
+            shared,
+            group_ready: false,
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
+            reclaim_cursor: "0-0".to_owned(),
+            next_reclaim: Instant::now(),
+        }
+    }
+
+    /// Up to `count` deliveries, or how long to wait before trying again.
+    async fn next(&mut self, count: usize) -> Result<Vec<Delivery>, Duration> {
+        match self.read(count).await {
+            Ok(deliveries) => {
+                if self.backoff.failures() > 0 {
+                    tracing::info!(after_failures = self.backoff.failures(), "Redis reachable again");
+                }
+                self.backoff.reset();
+                Ok(deliveries)
+            }
+            Err(e) => {
+                self.group_ready = false;
+                let delay = self.backoff.next_delay();
+                if queue::is_no_group(&e) {
+                    tracing::warn!("the consumer group is gone (Redis restarted without persistence?); recreating it");
+                } else if self.backoff.failures() == 1 {
+                    tracing::warn!(error = %e, "reading the queue failed; retrying with back-off");
+                } else {
+                    tracing::debug!(error = %e, ?delay, "reading the queue failed again");
+                }
+                Err(delay)
+            }
+        }
+    }
+
+    async fn read(&mut self, count: usize) -> redis::RedisResult<Vec<Delivery>> {
+        let shared = self.shared;
+        let config = &shared.config;
+        let mut conn =
+            shared.pool.get().await.map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
+        if !self.group_ready {
+            queue::ensure_group(&mut conn, &shared.keys, &config.group).await?;
+            self.group_ready = true;
+        }
+        if Instant::now() >= self.next_reclaim {
+            let claimed = queue::claim_stale(
+                &mut conn,
+                &shared.keys,
+                &config.group,
+                &config.consumer,
+                config.visibility_timeout,
+                &self.reclaim_cursor,
+                count,
+            )
+            .await?;
+            if !claimed.deleted.is_empty() {
+                tracing::warn!(ids = ?claimed.deleted, "pending entries no longer in the stream were dropped from the group");
+            }
+            if claimed.next_cursor == "0-0" {
+                self.next_reclaim = Instant::now() + config.reclaim_every();
+            }
+            self.reclaim_cursor = claimed.next_cursor;
+            if !claimed.deliveries.is_empty() {
+                WorkerStats::add(&shared.stats.reclaimed, claimed.deliveries.len() as u64);
+                tracing::info!(count = claimed.deliveries.len(), "took over jobs idle past the visibility timeout");
+                return Ok(claimed.deliveries);
+            }
+        }
+        queue::read_new(&mut conn, &shared.keys, &config.group, &config.consumer, count, config.block).await
     }
 }

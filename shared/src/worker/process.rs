@@ -18,7 +18,12 @@ use crate::semconv;
 /// What became of one attempt.
 enum Outcome {
     Succeeded,
-    Failed(JobFailure),
+    /// The handler failed; the job (of this kind, on this attempt) may run again.
+    Failed {
+        failure: JobFailure,
+        kind: String,
+        attempt: u32,
+    },
     Dead(DeadReason, String),
 }
 
@@ -44,16 +49,25 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
     }
 
     shared.stats.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared.in_flight.insert(&delivery.message_id);
     let outcome = match decoded {
         Err(e) => Outcome::Dead(DeadReason::Undecodable, e.to_string()),
+        Ok(_) if delivery.delivery_count > shared.config.max_deliveries => Outcome::Dead(
+            DeadReason::Poison,
+            format!(
+                "delivered {} times without an outcome (limit {}); it may crash its workers",
+                delivery.delivery_count, shared.config.max_deliveries
+            ),
+        ),
         Ok(job) => run_handler(shared, job, &span).await,
     };
-    shared.stats.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     settle(shared, &delivery, outcome, &span, acks).await;
+    shared.in_flight.remove(&delivery.message_id);
+    shared.stats.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 async fn run_handler(shared: &Shared, job: Job, span: &tracing::Span) -> Outcome {
-    let kind = job.kind.clone();
+    let (kind, attempt) = (job.kind.clone(), job.attempt);
     let future = match shared.handlers.dispatch(job) {
         Some(future) => future,
         None => return Outcome::Dead(DeadReason::UnknownKind, format!("no handler for kind {:?}", kind.as_str())),
@@ -61,11 +75,11 @@ async fn run_handler(shared: &Shared, job: Job, span: &tracing::Span) -> Outcome
     // Its own task, so that a panicking handler fails its job instead of the worker.
     match tokio::spawn(future.instrument(span.clone())).await {
         Ok(Ok(())) => Outcome::Succeeded,
-        Ok(Err(failure)) => Outcome::Failed(failure),
+        Ok(Err(failure)) => Outcome::Failed { failure, kind: kind.as_str().to_owned(), attempt },
         Err(join) => {
             let message = if join.is_panic() { "handler panicked" } else { "handler was cancelled" };
             tracing::error!(parent: span, kind = %kind, "{message}");
-            Outcome::Failed(JobFailure::new("panic", message))
+            Outcome::Failed { failure: JobFailure::new("panic", message), kind: kind.as_str().to_owned(), attempt }
         }
     }
 }
@@ -80,40 +94,109 @@ async fn settle(shared: &Shared, delivery: &Delivery, outcome: Outcome, span: &t
                 tracing::warn!(parent: span, message_id = %delivery.message_id, "acker stopped; job stays pending");
             }
         }
-        Outcome::Failed(failure) => {
+        Outcome::Failed { failure, kind, attempt } => {
             WorkerStats::add(&stats.failed, 1);
             mark_error(span, &failure.error_type, &failure.message);
-            span.add_event("settle", vec![KeyValue::new(semconv::SETTLE_OUTCOME, "pending")]);
-            tracing::warn!(parent: span, message_id = %delivery.message_id, error = %failure, "job failed; it stays pending");
+            let max_attempts = shared.config.retry.max_attempts_for(&kind);
+            let dead = if failure.permanent {
+                Some(DeadReason::Permanent)
+            } else if attempt >= max_attempts {
+                Some(DeadReason::MaxAttempts)
+            } else {
+                None
+            };
+            match dead {
+                Some(reason) => {
+                    dead_letter(
+                        shared,
+                        delivery,
+                        reason,
+                        &format!("attempt {attempt} of {max_attempts}: {failure}"),
+                        span,
+                    )
+                    .await
+                }
+                None => schedule_retry(shared, delivery, attempt, &failure, span).await,
+            }
         }
         Outcome::Dead(reason, error) => {
             mark_error(span, reason.as_str(), &error);
-            let letter = DeadLetter {
-                reason,
-                error: &error,
-                consumer: &shared.config.consumer,
-                dead_maxlen: shared.config.dead_maxlen,
-            };
-            let moved = async {
-                let mut conn = shared.pool.get().await.map_err(|e| e.to_string())?;
-                queue::dead_letter(&mut conn, &shared.keys, &shared.config.group, delivery, &letter)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            .await;
-            match moved {
-                Ok(true) => {
-                    WorkerStats::add(&stats.dead_lettered, 1);
-                    span.add_event("settle", vec![KeyValue::new(semconv::SETTLE_OUTCOME, "dead")]);
-                    tracing::warn!(parent: span, message_id = %delivery.message_id, reason = reason.as_str(), %error, "job dead-lettered");
-                }
-                Ok(false) => {
-                    tracing::info!(parent: span, message_id = %delivery.message_id, "entry was settled by another consumer");
-                }
-                Err(e) => {
-                    tracing::error!(parent: span, message_id = %delivery.message_id, error = %e, "dead-lettering failed; entry stays pending");
-                }
-            }
+            dead_letter(shared, delivery, reason, &error, span).await;
+        }
+    }
+}
+
+async fn dead_letter(shared: &Shared, delivery: &Delivery, reason: DeadReason, error: &str, span: &tracing::Span) {
+    let letter =
+        DeadLetter { reason, error, consumer: &shared.config.consumer, dead_maxlen: shared.config.dead_maxlen };
+    let moved = async {
+        let mut conn = shared.pool.get().await.map_err(|e| e.to_string())?;
+        queue::dead_letter(&mut conn, &shared.keys, &shared.config.group, delivery, &letter)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    match moved {
+        Ok(true) => {
+            WorkerStats::add(&shared.stats.dead_lettered, 1);
+            span.add_event("settle", vec![KeyValue::new(semconv::SETTLE_OUTCOME, "dead")]);
+            tracing::warn!(parent: span, message_id = %delivery.message_id, reason = reason.as_str(), %error, "job dead-lettered");
+        }
+        Ok(false) => {
+            tracing::info!(parent: span, message_id = %delivery.message_id, "entry was settled by another consumer")
+        }
+        Err(e) => {
+            tracing::error!(parent: span, message_id = %delivery.message_id, error = %e, "dead-lettering failed; entry stays pending")
+        }
+    }
+}
+
+async fn schedule_retry(
+    shared: &Shared,
+    delivery: &Delivery,
+    attempt: u32,
+    failure: &JobFailure,
+    span: &tracing::Span,
+) {
+    let delay = shared.config.retry.delay_after(attempt);
+    let due = crate::clock::now_ms() + delay.as_millis() as u64;
+    let next_attempt = (attempt + 1).to_string();
+    let mut fields: Vec<(&str, String)> = delivery
+        .fields
+        .iter()
+        .filter(|(name, _)| name.as_str() != crate::job::field::ATTEMPT)
+        .filter_map(|(name, value)| match value {
+            redis::Value::BulkString(bytes) => Some((name.as_str(), String::from_utf8_lossy(bytes).into_owned())),
+            _ => None,
+        })
+        .collect();
+    fields.push((crate::job::field::ATTEMPT, next_attempt));
+    fields.sort_unstable();
+    let scheduled = async {
+        let mut conn = shared.pool.get().await.map_err(|e| e.to_string())?;
+        queue::schedule_retry(&mut conn, &shared.keys, &shared.config.group, &delivery.message_id, due, &fields)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    match scheduled {
+        Ok(true) => {
+            WorkerStats::add(&shared.stats.retried, 1);
+            span.add_event(
+                "settle",
+                vec![
+                    KeyValue::new(semconv::SETTLE_OUTCOME, "retry"),
+                    KeyValue::new(semconv::RETRY_DELAY_MS, delay.as_millis() as i64),
+                    KeyValue::new(semconv::RETRY_NEXT_ATTEMPT, i64::from(attempt) + 1),
+                ],
+            );
+            tracing::info!(parent: span, message_id = %delivery.message_id, error = %failure, ?delay, "job failed; retry scheduled");
+        }
+        Ok(false) => {
+            tracing::info!(parent: span, message_id = %delivery.message_id, "entry was settled by another consumer")
+        }
+        Err(e) => {
+            tracing::error!(parent: span, message_id = %delivery.message_id, error = %e, "scheduling the retry failed; the entry stays pending and will be redelivered")
         }
     }
 }
@@ -150,6 +233,8 @@ fn process_span(shared: &Shared, delivery: &Delivery, job: Option<&Job>) -> trac
         messaging.consumer.group.name = %shared.config.group,
         messaging.client.id = %shared.config.consumer,
         jobstream.delivery.count = delivery.delivery_count,
+        jobstream.reclaimed_from = Empty,
+        jobstream.reclaimed_idle_ms = Empty,
         jobstream.job.id = Empty,
         jobstream.job.kind = Empty,
         jobstream.job.attempt = Empty,
@@ -158,6 +243,10 @@ fn process_span(shared: &Shared, delivery: &Delivery, job: Option<&Job>) -> trac
         jobstream.trace.context_error = Empty,
         error.type = Empty,
     );
+    if let Some((owner, idle_ms)) = &delivery.reclaimed_from {
+        span.record(semconv::RECLAIMED_FROM, owner.as_str());
+        span.record(semconv::RECLAIMED_IDLE_MS, *idle_ms);
+    }
     if let Some(job) = job {
         span.record(semconv::JOB_ID, job.id.to_string());
         span.record(semconv::JOB_KIND, job.kind.as_str());

@@ -1,0 +1,104 @@
+//! The worker's background duties besides reading: moving due retries from the delayed set back to the stream,
+//! and renewing the claim on jobs still running so no other worker reclaims them. Both stop on shutdown.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use crate::backoff::Backoff;
+use crate::queue;
+
+/// Jobs moved by one run of the promotion script.
+const PROMOTE_BATCH: usize = 256;
+
+/// Entry ids this worker is running now.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight(Mutex<HashSet<String>>);
+
+impl InFlight {
+    pub(crate) fn insert(&self, id: &str) {
+        self.0.lock().expect("in-flight set poisoned").insert(id.to_owned());
+    }
+
+    pub(crate) fn remove(&self, id: &str) {
+        self.0.lock().expect("in-flight set poisoned").remove(id);
+    }
+
+    fn snapshot(&self) -> Vec<String> {
+        self.0.lock().expect("in-flight set poisoned").iter().cloned().collect()
+    }
+}
+
+/// Moves due jobs from the delayed set to the stream every `every`, until `stop`.
+pub(crate) async fn promote(shared: Arc<Shared>, every: Duration, stop: CancellationToken) {
+    let mut backoff = Backoff::new(every, Duration::from_secs(10));
+    loop {
+        let moved = async {
+            let mut conn = shared.pool.get().await.map_err(|e| e.to_string())?;
+            let mut total = 0;
+            loop {
+                let n = queue::promote_due(&mut conn, &shared.keys, crate::clock::now_ms(), PROMOTE_BATCH)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                total += n;
+                if n < PROMOTE_BATCH {
+                    return Ok::<_, String>(total);
+                }
+            }
+        }
+        .await;
+        let pause = match moved {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::debug!(moved = n, "due retries moved to the stream");
+                }
+                backoff.reset();
+                every
+            }
+            Err(error) => {
+                if backoff.failures() == 0 {
+                    tracing::warn!(%error, "moving due retries failed; retrying with back-off");
+                }
+                backoff.next_delay()
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Renews the claim on every running job every `every`, until `stop`.
+pub(crate) async fn renew(shared: Arc<Shared>, every: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let ids = shared.in_flight.snapshot();
+        if ids.is_empty() {
+            continue;
+        }
+        let renewed = async {
+            let mut conn = shared.pool.get().await.map_err(|e| e.to_string())?;
+            queue::renew_claims(&mut conn, &shared.keys, &shared.config.group, &shared.config.consumer, &ids)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match renewed {
+            Ok(lost) if !lost.is_empty() => {
+                tracing::warn!(
+                    ?lost,
+                    "jobs still running here were taken over by another consumer; they may run twice"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, jobs = ids.len(), "renewing claims failed; will try again"),
+        }
+    }
+}
