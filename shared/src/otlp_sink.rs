@@ -251,6 +251,7 @@ pub fn render_trace(spans: &[ReceivedSpan], trace_id: &str) -> String {
             let ms = span.end_ns.saturating_sub(span.start_ns) as f64 / 1e6;
             let status =
                 if span.status == "error" { format!("  ERROR {}", span.status_message) } else { String::new() };
+            let attempt = span.attr("jobstream.job.attempt").map(|a| format!(" attempt {a}")).unwrap_or_default();
             let _ = writeln!(
                 out,
                 "{}{}{} [{}] {} {:.1} ms{}",
