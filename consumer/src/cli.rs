@@ -17,7 +17,7 @@ use jobstream::GroupName;
 /// Tracing follows the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL,
 /// OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER...); with no endpoint set, spans are not exported.
 #[derive(Parser, Debug)]
-#[command(name = "consumer", version, verbatim_doc_comment)]
+#[command(name = "consumer", version, verbatim_doc_comment, args_override_self = true)]
 pub struct Cli {
     #[command(flatten)]
     pub redis: RedisArgs,

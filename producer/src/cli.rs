@@ -12,7 +12,7 @@ use jobstream::config::{parse_duration, QueueArgs, RedisArgs};
 /// OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER...); with no endpoint set, spans are not exported but trace ids are
 /// still made and propagated.
 #[derive(Parser, Debug)]
-#[command(name = "producer", version, verbatim_doc_comment)]
+#[command(name = "producer", version, verbatim_doc_comment, args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -185,6 +185,14 @@ impl ConsumerProcess {
 
 impl Drop for ConsumerProcess {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- last lines of {} ---", self.log.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -236,7 +244,84 @@ pub fn pending(conn: &mut redis::Connection, queue: &str, group: &str) -> u64 {
     }
 }
 
+/// Number of entries pending for one consumer of the group.
+pub fn pending_of(conn: &mut redis::Connection, queue: &str, group: &str, consumer: &str) -> u64 {
+    let rows: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg(format!("jobstream:{{{queue}}}"))
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(1_000_000)
+        .arg(consumer)
+        .query(conn)
+        .expect("XPENDING for one consumer");
+    rows.len() as u64
+}
+
 /// The spans of one trace with a given name.
 pub fn named<'a>(spans: &'a [ReceivedSpan], trace_id: &str, name: &str) -> Vec<&'a ReceivedSpan> {
     spans.iter().filter(|s| s.trace_id == trace_id && s.name == name).collect()
+}
+
+/// Writes an entry straight to a queue's stream, as any Redis client could; returns its id.
+pub fn xadd_raw(conn: &mut redis::Connection, queue: &str, fields: &[(&str, &[u8])]) -> String {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(format!("jobstream:{{{queue}}}")).arg("*");
+    for (name, value) in fields {
+        cmd.arg(*name).arg(*value);
+    }
+    cmd.query(conn).expect("XADD")
+}
+
+/// The valid fields of a job of `kind`, as a producer in any language would write them.
+pub fn job_fields(kind: &str) -> Vec<(String, String)> {
+    vec![
+        ("v".into(), "1".into()),
+        ("id".into(), jobstream::JobId::new().to_string()),
+        ("kind".into(), kind.into()),
+        ("payload".into(), "{}".into()),
+        ("enqueued_at".into(), jobstream::clock::now_ms().to_string()),
+        ("attempt".into(), "1".into()),
+    ]
+}
+
+/// The dead stream's entries, fields as text.
+pub fn dead_entries(conn: &mut redis::Connection, queue: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("jobstream:{{{queue}}}:dead"))
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .expect("XRANGE dead");
+    reply
+        .ids
+        .into_iter()
+        .map(|entry| {
+            entry
+                .map
+                .into_iter()
+                .map(|(k, v)| {
+                    let text = match v {
+                        redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                        other => format!("{other:?}"),
+                    };
+                    (k, text)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Length of a key's stream (0 when missing).
+pub fn xlen(conn: &mut redis::Connection, key: &str) -> u64 {
+    redis::cmd("XLEN").arg(key).query(conn).expect("XLEN")
+}
+
+/// A consumer command for `queue` with fast polling and the given extra flags; traced to `sink`.
+pub fn consumer(redis: &RedisServer, sink: &OtlpSink, queue: &str, name: &str, extra: &[&str]) -> Command {
+    let mut cmd = traced("consumer", redis, sink, "test-consumer");
+    cmd.args(["--queue", queue, "--consumer", name, "--block", "200ms"])
+        .args(["--demo-latency-scale", "0", "--demo-failure-rate", "0"])
+        .args(extra);
+    cmd
 }
