@@ -25,6 +25,76 @@ pub enum Command {
     Enqueue(EnqueueArgs),
     /// Run the demo end to end: start consumers, send demo jobs, report what happened and one job's span tree.
     Demo(DemoArgs),
+    /// Show a queue's numbers: length, lag, pending, oldest pending age, consumers, delayed and dead counts.
+    Stats(StatsArgs),
+    /// Inspect and act on dead-lettered jobs.
+    #[command(subcommand)]
+    Dead(DeadCommand),
+}
+
+/// `producer stats`.
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `producer dead …`.
+#[derive(Subcommand, Debug)]
+pub enum DeadCommand {
+    /// List dead jobs, oldest first: `<dead id> <job id> <kind> <reason> attempt=<n> <error>`.
+    List {
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[command(flatten)]
+        queue: QueueArgs,
+        /// Most entries to list.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Start at this dead id (inclusive).
+        #[arg(long, default_value = "-")]
+        from: String,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show every field of one dead job, as JSON.
+    Show {
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[command(flatten)]
+        queue: QueueArgs,
+        /// Its id in the dead stream.
+        dead_id: String,
+    },
+    /// Put dead jobs back on the queue as attempt 1; each new trace links to the one the job died in.
+    Replay {
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[command(flatten)]
+        queue: QueueArgs,
+        /// Replay every dead job (at the time of the call).
+        #[arg(long, conflicts_with = "dead_ids")]
+        all: bool,
+        /// Ids in the dead stream.
+        #[arg(required_unless_present = "all")]
+        dead_ids: Vec<String>,
+    },
+    /// Delete every dead job of the queue.
+    Purge {
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[command(flatten)]
+        queue: QueueArgs,
+        /// Confirm: without it nothing is deleted.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// `producer enqueue`.

@@ -1,5 +1,6 @@
 //! The `producer` binary: parse flags, set up telemetry, run the subcommand, flush spans, exit.
 
+mod admin;
 mod cli;
 mod demo;
 mod enqueue;
@@ -20,5 +21,12 @@ async fn main() -> anyhow::Result<()> {
             result
         }
         cli::Command::Demo(args) => demo::run(args).await,
+        cli::Command::Stats(args) => admin::stats(args).await,
+        cli::Command::Dead(command) => {
+            let telemetry = telemetry::init("jobstream-producer")?;
+            let result = admin::dead(command).await;
+            telemetry.shutdown(Duration::from_secs(10)).await;
+            result
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! then acknowledges it. The contract the modules keep (keys, fields, span names, delivery semantics) is in
 //! `docs/design.md`.
 
+pub mod admin;
 pub mod backoff;
 pub mod clock;
 pub mod config;

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use jobstream_tests::*;
 
+/// A stream entry with its fields as raw bytes.
+type RawEntry = (String, Vec<(String, Vec<u8>)>);
+
 fn producer(redis: &RedisServer, sink: &OtlpSink) -> std::process::Command {
     traced("producer", redis, sink, "test-producer")
 }
@@ -172,6 +175,71 @@ async fn always_failing_jobs_back_off_then_go_to_the_dead_stream() {
             .collect();
         assert_eq!(outcomes, ["retry", "retry", "dead"]);
     }
+
+    // Replay both; a worker that no longer fails runs them, and each new trace links to the old one.
+    let replay = producer(&redis, &sink).args(["dead", "replay", "--all", "--queue", queue]).output().unwrap();
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    assert_eq!(String::from_utf8_lossy(&replay.stdout).lines().count(), 2);
+    assert_eq!(xlen(&mut conn, &dead_key), 0, "replayed entries leave the dead stream");
+    let healthy = ConsumerProcess::spawn(consumer(&redis, &sink, queue, "healthy", &[]), logs.path(), "healthy");
+    wait_until(Duration::from_secs(30), "the replayed jobs to run", || done_counts(&mut conn, queue).len() == 2);
+    assert_eq!(healthy.terminate(), Some(0));
+    let spans = sink
+        .wait_for(Duration::from_secs(10), |s| {
+            s.iter().filter(|s| s.name == "process doomed" && s.status != "error").count() == 2
+        })
+        .await
+        .unwrap_or_else(|p| panic!("replayed runs not exported: {} spans", p.len()));
+    for job in &jobs {
+        let send = spans
+            .iter()
+            .find(|s| {
+                s.attr("messaging.operation.name") == Some("replay") && s.attr("jobstream.job.id") == Some(&job.job_id)
+            })
+            .expect("a replay send span");
+        assert_ne!(send.trace_id, job.trace_id, "a replay starts a new trace");
+        assert!(send.links.iter().any(|(trace, _)| trace == &job.trace_id), "linked to the trace the job died in");
+        let run = named(&spans, &send.trace_id, "process doomed");
+        assert_eq!(run.len(), 1);
+        assert_eq!(run[0].parent_span_id.as_deref(), Some(send.span_id.as_str()));
+        assert_eq!(run[0].attr("jobstream.job.attempt"), Some("1"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stats_report_length_lag_pending_and_dead() {
+    let redis = RedisServer::start();
+    let sink = OtlpSink::start().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let queue = "counted";
+    let worker = ConsumerProcess::spawn(consumer(&redis, &sink, queue, "w", &[]), logs.path(), "w");
+    let mut conn = redis.conn();
+    let bad: Vec<(&str, &[u8])> = vec![("v", b"7")];
+    xadd_raw(&mut conn, queue, &bad);
+    let dead_key = format!("jobstream:{{{queue}}}:dead");
+    wait_until(Duration::from_secs(30), "the bad entry to die", || xlen(&mut conn, &dead_key) == 1);
+    assert_eq!(worker.terminate(), Some(0));
+    enqueue(producer(&redis, &sink), queue, "noop", "{}", 3);
+
+    let out = producer(&redis, &sink).args(["stats", "--json", "--queue", queue]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["length"], 4, "{stats}");
+    assert_eq!(stats["dead"], 1);
+    assert_eq!(stats["delayed"], 0);
+    assert_eq!(stats["groups"][0]["name"], "workers");
+    assert_eq!(stats["groups"][0]["lag"], 3, "three jobs not yet delivered");
+    assert_eq!(stats["groups"][0]["pending"], 0);
+
+    let list = producer(&redis, &sink).args(["dead", "list", "--queue", queue]).output().unwrap();
+    let line = String::from_utf8(list.stdout).unwrap();
+    assert!(line.contains("undecodable"), "{line}");
+    let purge = producer(&redis, &sink).args(["dead", "purge", "--queue", queue]).output().unwrap();
+    assert!(!purge.status.success(), "purge without --yes refuses");
+    assert_eq!(xlen(&mut conn, &dead_key), 1);
+    let purge = producer(&redis, &sink).args(["dead", "purge", "--yes", "--queue", queue]).output().unwrap();
+    assert!(purge.status.success());
+    assert_eq!(xlen(&mut conn, &dead_key), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -241,8 +309,7 @@ async fn malformed_entries_are_dead_lettered_or_run_and_never_crash_the_worker()
     }
     let missing_id = dead.iter().find(|d| d["dead.source_id"] == cases[0].1).unwrap();
     assert!(missing_id["dead.error"].contains("`id`"), "{}", missing_id["dead.error"]);
-    let raw: Vec<(String, Vec<(String, Vec<u8>)>)> =
-        redis::cmd("XRANGE").arg(&dead_key).arg("-").arg("+").query(&mut conn).unwrap();
+    let raw: Vec<RawEntry> = redis::cmd("XRANGE").arg(&dead_key).arg("-").arg("+").query(&mut conn).unwrap();
     let (_, not_utf8) =
         raw.iter().find(|(_, f)| f.iter().any(|(k, v)| k == "dead.source_id" && v == cases[5].1.as_bytes())).unwrap();
     assert!(not_utf8.iter().any(|(k, v)| k == "payload" && v == &[0xff, 0xfe]), "raw bytes kept byte for byte");

@@ -1,0 +1,114 @@
+//! `producer stats` and `producer dead …`: the operator's view of a queue.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use jobstream::admin;
+use jobstream::config::{QueueArgs, RedisArgs};
+
+use crate::cli::{DeadCommand, StatsArgs};
+
+async fn connect(redis: &RedisArgs) -> anyhow::Result<deadpool_redis::Connection> {
+    let pool = redis.pool(1, Duration::from_secs(10))?;
+    pool.get()
+        .await
+        .with_context(|| format!("cannot reach Redis at {}", jobstream::connection::redact(&redis.redis_url)))
+}
+
+pub async fn stats(args: StatsArgs) -> anyhow::Result<()> {
+    let keys = args.queue.keys()?;
+    let mut conn = connect(&args.redis).await?;
+    let stats = admin::stats(&mut conn, &keys).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string(&stats)?)?;
+        return Ok(());
+    }
+    writeln!(out, "queue {}: {} entries, {} delayed, {} dead", stats.queue, stats.length, stats.delayed, stats.dead)?;
+    for g in &stats.groups {
+        let lag = g.lag.map_or_else(|| "?".to_owned(), |l| l.to_string());
+        let oldest = g.oldest_pending_age_ms.map_or_else(|| "-".to_owned(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+        writeln!(
+            out,
+            "  group {}: {} consumers, lag {lag}, {} pending, oldest pending {oldest}",
+            g.name, g.consumers, g.pending
+        )?;
+    }
+    Ok(())
+}
+
+pub async fn dead(command: DeadCommand) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        DeadCommand::List { redis, queue, count, from, json } => {
+            let (mut conn, keys) = open(&redis, &queue).await?;
+            for entry in admin::dead_list(&mut conn, &keys, &from, count).await? {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&entry)?)?;
+                } else {
+                    let f = |name: &str| entry.fields.get(name).map(String::as_str).unwrap_or("-");
+                    writeln!(
+                        out,
+                        "{} {} {} {} attempt={} {}",
+                        entry.dead_id,
+                        f("id"),
+                        f("kind"),
+                        f("dead.reason"),
+                        f("attempt"),
+                        f("dead.error")
+                    )?;
+                }
+            }
+        }
+        DeadCommand::Show { redis, queue, dead_id } => {
+            let (mut conn, keys) = open(&redis, &queue).await?;
+            match admin::dead_show(&mut conn, &keys, &dead_id).await? {
+                Some(entry) => writeln!(out, "{}", serde_json::to_string_pretty(&entry)?)?,
+                None => bail!("no dead entry {dead_id} in queue {}", keys.queue()),
+            }
+        }
+        DeadCommand::Replay { redis, queue, all, dead_ids } => {
+            let (mut conn, keys) = open(&redis, &queue).await?;
+            let ids = if all {
+                let mut ids = Vec::new();
+                let mut from = "-".to_owned();
+                loop {
+                    let page = admin::dead_list(&mut conn, &keys, &from, 1000).await?;
+                    let Some(last) = page.last() else { break };
+                    from = format!("({}", last.dead_id);
+                    ids.extend(page.into_iter().map(|e| e.dead_id));
+                }
+                ids
+            } else {
+                dead_ids
+            };
+            let mut failed = 0;
+            for id in ids {
+                match admin::replay(&mut conn, &keys, &id).await {
+                    Ok(r) => writeln!(out, "{} -> {} {}", r.dead_id, r.message_id, r.job_id)?,
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("{e}");
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} dead entries were not replayed");
+            }
+        }
+        DeadCommand::Purge { redis, queue, yes } => {
+            if !yes {
+                bail!("purge deletes every dead job of queue {}; add --yes to confirm", queue.queue);
+            }
+            let (mut conn, keys) = open(&redis, &queue).await?;
+            let n = admin::dead_purge(&mut conn, &keys).await?;
+            writeln!(out, "deleted {n} dead jobs")?;
+        }
+    }
+    Ok(())
+}
+
+async fn open(redis: &RedisArgs, queue: &QueueArgs) -> anyhow::Result<(deadpool_redis::Connection, jobstream::Keys)> {
+    Ok((connect(redis).await?, queue.keys()?))
+}

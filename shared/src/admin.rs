@@ -1,0 +1,214 @@
+//! Operating a queue: its numbers (length, lag, pending, oldest pending age, consumers, dead and delayed
+//! counts), and the dead stream: list, show, replay, purge.
+//!
+//! A replayed job keeps its id and payload, starts again at attempt 1, and gets a new `send` span that links to
+//! the trace it died in, so the new trace leads back to the old one.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use opentelemetry::trace::TraceContextExt;
+use redis::aio::ConnectionLike;
+use serde::Serialize;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::job::{field, fields_from_redis};
+use crate::keys::Keys;
+use crate::propagation::{self, ContextStatus, TraceHeaders};
+
+static REPLAY_DEAD: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("lua/replay_dead.lua")));
+
+/// One consumer group's numbers.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GroupStats {
+    /// Group name.
+    pub name: String,
+    /// Consumers known to the group.
+    pub consumers: u64,
+    /// Entries delivered and not yet acknowledged.
+    pub pending: u64,
+    /// Entries not yet delivered to the group (Redis 7 `lag`; `None` when Redis cannot tell).
+    pub lag: Option<u64>,
+    /// Age in ms of the oldest pending entry, from its stream id.
+    pub oldest_pending_age_ms: Option<u64>,
+}
+
+/// A queue's numbers.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Queue name.
+    pub queue: String,
+    /// Entries in the stream (acknowledged ones included until trimmed).
+    pub length: u64,
+    /// Jobs waiting for a retry or a scheduled time.
+    pub delayed: u64,
+    /// Entries in the dead stream.
+    pub dead: u64,
+    /// Per consumer group.
+    pub groups: Vec<GroupStats>,
+}
+
+/// Reads a queue's numbers. A queue that does not exist yet has all zeros.
+pub async fn stats<C: ConnectionLike>(conn: &mut C, keys: &Keys) -> redis::RedisResult<QueueStats> {
+    let (length, delayed, dead): (u64, u64, u64) = redis::pipe()
+        .cmd("XLEN")
+        .arg(&keys.stream)
+        .cmd("ZCARD")
+        .arg(&keys.delayed)
+        .cmd("XLEN")
+        .arg(&keys.dead)
+        .query_async(conn)
+        .await?;
+    let groups: Vec<HashMap<String, redis::Value>> = if length > 0 || exists(conn, &keys.stream).await? {
+        redis::cmd("XINFO").arg("GROUPS").arg(&keys.stream).query_async(conn).await?
+    } else {
+        Vec::new()
+    };
+    let now = crate::clock::now_ms();
+    let mut out = Vec::with_capacity(groups.len());
+    for group in groups {
+        let name: String =
+            group.get("name").map(|v| redis::from_redis_value(v.clone())).transpose()?.unwrap_or_default();
+        let number =
+            |key: &str| group.get(key).and_then(|v| redis::from_redis_value::<Option<u64>>(v.clone()).ok().flatten());
+        let oldest: redis::Value = redis::cmd("XPENDING").arg(&keys.stream).arg(&name).query_async(conn).await?;
+        let oldest_id = match &oldest {
+            redis::Value::Array(items) => {
+                items.get(1).and_then(|v| redis::from_redis_value::<Option<String>>(v.clone()).ok().flatten())
+            }
+            _ => None,
+        };
+        out.push(GroupStats {
+            consumers: number("consumers").unwrap_or(0),
+            pending: number("pending").unwrap_or(0),
+            lag: number("lag"),
+            oldest_pending_age_ms: oldest_id.as_deref().and_then(id_ms).map(|ms| now.saturating_sub(ms)),
+            name,
+        });
+    }
+    Ok(QueueStats { queue: keys.queue().to_string(), length, delayed, dead, groups: out })
+}
+
+async fn exists<C: ConnectionLike>(conn: &mut C, key: &str) -> redis::RedisResult<bool> {
+    redis::cmd("EXISTS").arg(key).query_async(conn).await
+}
+
+/// The millisecond part of a stream id.
+pub fn id_ms(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
+/// One dead entry: its id in the dead stream and its fields (non-UTF-8 bytes shown lossily).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeadEntry {
+    /// Id in the dead stream.
+    pub dead_id: String,
+    /// Every field, the job's and the `dead.*` ones.
+    pub fields: std::collections::BTreeMap<String, String>,
+}
+
+/// Up to `count` dead entries from `start` (inclusive; `-` for the oldest).
+pub async fn dead_list<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    start: &str,
+    count: usize,
+) -> redis::RedisResult<Vec<DeadEntry>> {
+    let reply: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(&keys.dead).arg(start).arg("+").arg("COUNT").arg(count).query_async(conn).await?;
+    Ok(reply.ids.into_iter().map(|e| DeadEntry { dead_id: e.id, fields: lossy(e.map) }).collect())
+}
+
+/// One dead entry by its id in the dead stream.
+pub async fn dead_show<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    dead_id: &str,
+) -> redis::RedisResult<Option<DeadEntry>> {
+    let reply: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(&keys.dead).arg(dead_id).arg(dead_id).query_async(conn).await?;
+    Ok(reply.ids.into_iter().next().map(|e| DeadEntry { dead_id: e.id, fields: lossy(e.map) }))
+}
+
+fn lossy(map: HashMap<String, redis::Value>) -> std::collections::BTreeMap<String, String> {
+    map.into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                other => format!("{other:?}"),
+            };
+            (k, text)
+        })
+        .collect()
+}
+
+/// Why a dead entry could not be replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("no dead entry {0}")]
+    NotFound(String),
+    #[error("dead entry {id} cannot run again: {reason}")]
+    NotAJob { id: String, reason: String },
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
+/// A dead entry put back on the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// Its old id in the dead stream.
+    pub dead_id: String,
+    /// Its new id in the stream.
+    pub message_id: String,
+    /// The job id (unchanged).
+    pub job_id: String,
+}
+
+/// Puts one dead entry back on the queue as attempt 1 with a new `send` span linked to its old trace, and
+/// removes it from the dead stream, atomically.
+pub async fn replay<C: ConnectionLike>(conn: &mut C, keys: &Keys, dead_id: &str) -> Result<Replayed, ReplayError> {
+    let reply: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(&keys.dead).arg(dead_id).arg(dead_id).query_async(conn).await?;
+    let entry = reply.ids.into_iter().next().ok_or_else(|| ReplayError::NotFound(dead_id.to_owned()))?;
+    let not_a_job = |reason: String| ReplayError::NotAJob { id: dead_id.to_owned(), reason };
+    let mut fields = fields_from_redis(entry.map).map_err(|e| not_a_job(e.to_string()))?;
+    fields.retain(|name, _| !name.starts_with("dead."));
+    let old_trace = TraceHeaders::take_from(&mut fields);
+    fields.insert(field::ATTEMPT.to_owned(), "1".to_owned());
+    let mut job = crate::job::Job::from_fields(fields, &crate::limits::Limits { max_payload_bytes: usize::MAX })
+        .map_err(|e| not_a_job(e.to_string()))?;
+
+    let queue = keys.queue().as_str();
+    let span = tracing::info_span!(
+        "send",
+        otel.name = format!("send {queue}"),
+        otel.kind = "producer",
+        messaging.system = crate::semconv::MESSAGING_SYSTEM_REDIS,
+        messaging.operation.type = "send",
+        messaging.operation.name = "replay",
+        messaging.destination.name = queue,
+        jobstream.job.id = %job.id,
+        jobstream.job.kind = %job.kind,
+        jobstream.job.attempt = 1,
+        jobstream.replay.of = dead_id,
+    );
+    if let (cx, ContextStatus::Continued) = propagation::extract(&old_trace) {
+        span.add_link(cx.span().span_context().clone());
+    }
+    job.trace = propagation::inject(&span.context()).unwrap_or_default();
+    let mut invocation = REPLAY_DEAD.key(&keys.dead);
+    invocation.key(&keys.stream).arg(dead_id);
+    for (name, value) in job.to_fields() {
+        invocation.arg(name).arg(value);
+    }
+    let message_id: Option<String> = invocation.invoke_async(conn).await?;
+    let message_id = message_id.ok_or_else(|| ReplayError::NotFound(dead_id.to_owned()))?;
+    Ok(Replayed { dead_id: dead_id.to_owned(), message_id, job_id: job.id.to_string() })
+}
+
+/// Deletes the dead stream; returns how many entries it held.
+pub async fn dead_purge<C: ConnectionLike>(conn: &mut C, keys: &Keys) -> redis::RedisResult<u64> {
+    let (len, _): (u64, u64) =
+        redis::pipe().atomic().cmd("XLEN").arg(&keys.dead).cmd("DEL").arg(&keys.dead).query_async(conn).await?;
+    Ok(len)
+}
