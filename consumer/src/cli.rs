@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Parser;
 use jobstream::config::{parse_duration, QueueArgs, RedisArgs};
 use jobstream::retry::parse_kind_attempts;
-use jobstream::GroupName;
+use jobstream::{GroupName, TraceMode};
 
 /// jobstream worker pool: reads jobs from a Redis stream as one consumer of a consumer group, runs each inside
 /// a span that continues the producer's trace, and acknowledges it after success.
@@ -60,6 +60,17 @@ pub struct Cli {
     /// A job delivered more often than this without an outcome (it crashes its workers) is dead-lettered.
     #[arg(long, env = "JOBSTREAM_MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_deliveries: u64,
+    /// Acknowledged jobs older than this are trimmed from the stream; an entry a group has not acknowledged
+    /// or received is never trimmed. 0 keeps everything.
+    #[arg(long, env = "JOBSTREAM_RETENTION", default_value = "1h", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// Dead jobs older than this are trimmed. 0 keeps them (the --dead-maxlen cap still applies).
+    #[arg(long, env = "JOBSTREAM_DEAD_RETENTION", default_value = "7days", value_parser = parse_duration)]
+    pub dead_retention: Duration,
+    /// parent: each attempt's span continues the producer's trace. link: each attempt starts a new trace
+    /// linked to the producer's span (for long delays or very large fan-outs).
+    #[arg(long, env = "JOBSTREAM_TRACE_MODE", value_enum, default_value_t = TraceMode::Parent)]
+    pub trace_mode: TraceMode,
     /// Approximate cap on the dead-letter stream's length; 0 for none.
     #[arg(long, env = "JOBSTREAM_DEAD_MAXLEN", default_value_t = 100_000)]
     pub dead_maxlen: u64,

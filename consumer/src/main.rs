@@ -54,6 +54,9 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
     config.dead_maxlen = cli.dead_maxlen;
     config.visibility_timeout = cli.visibility_timeout;
     config.max_deliveries = cli.max_deliveries;
+    config.trace_mode = cli.trace_mode;
+    config.retention = (!cli.retention.is_zero()).then_some(cli.retention);
+    config.dead_retention = (!cli.dead_retention.is_zero()).then_some(cli.dead_retention);
     config.retry = RetryPolicy {
         max_attempts: cli.max_attempts,
         base_delay: cli.retry_base_delay,

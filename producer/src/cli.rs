@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use jobstream::config::{parse_duration, QueueArgs, RedisArgs};
+use jobstream::IdempotencyKey;
 
 /// jobstream producer: puts jobs on a Redis stream, each carrying the W3C trace context of its `send` span.
 ///
@@ -113,6 +114,13 @@ pub struct EnqueueArgs {
     /// How many jobs to enqueue (sent in pipelined batches of 1000).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: u64,
+    /// Enqueue only if no job with this key was enqueued within --idempotency-ttl; otherwise print the
+    /// earlier job's line and enqueue nothing. Only with --count 1.
+    #[arg(long)]
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// How long an idempotency key is remembered.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub idempotency_ttl: Duration,
 }
 
 /// `producer demo`.

@@ -3,7 +3,8 @@
 use std::io::Write;
 use std::time::Duration;
 
-use jobstream::Producer;
+use anyhow::bail;
+use jobstream::{Enqueued, Producer};
 
 use crate::cli::EnqueueArgs;
 
@@ -14,18 +15,32 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
     let keys = args.queue.keys()?;
     let pool = args.redis.pool(2, Duration::from_secs(10))?;
     let producer = Producer::new(pool, keys, args.queue.limits());
-    producer.job(&args.kind, &args.payload)?;
+    let first = producer.job(&args.kind, &args.payload)?;
     let mut out = std::io::stdout().lock();
+    if let Some(key) = &args.idempotency_key {
+        if args.count != 1 {
+            bail!("--idempotency-key names one job; use it with --count 1");
+        }
+        let done = producer.enqueue_once(first, key, args.idempotency_ttl).await?;
+        writeln!(out, "{} {}", done.job_id, trace_text(&done))?;
+        if done.duplicate {
+            eprintln!("idempotency key matched job {}: nothing enqueued", done.job_id);
+        }
+        return Ok(());
+    }
     let mut left = args.count;
     while left > 0 {
         let n = left.min(BATCH);
         let jobs = (0..n).map(|_| producer.job(&args.kind, &args.payload)).collect::<Result<Vec<_>, _>>()?;
         for done in producer.enqueue_batch(jobs).await? {
-            let trace = done.trace_id.map_or_else(|| "-".to_owned(), |t| t.to_string());
-            writeln!(out, "{} {trace}", done.job_id)?;
+            writeln!(out, "{} {}", done.job_id, trace_text(&done))?;
         }
         left -= n;
     }
     out.flush()?;
     Ok(())
+}
+
+fn trace_text(done: &Enqueued) -> String {
+    done.trace_id.map_or_else(|| "-".to_owned(), |t| t.to_string())
 }

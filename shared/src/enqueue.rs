@@ -4,16 +4,22 @@
 //! entry; the consumer's `process` span becomes that span's child. A batch is written as one pipeline, so it
 //! costs one round trip. An enqueue reports success only for entries Redis answered with an id.
 
+use std::sync::LazyLock;
+use std::time::Duration;
+
 use deadpool_redis::Pool;
 use opentelemetry::trace::{Status, TraceContextExt, TraceId};
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::job::{Job, JobError, JobId, JobKind, Payload};
-use crate::keys::Keys;
+use crate::keys::{IdempotencyKey, Keys};
 use crate::limits::Limits;
 use crate::propagation::{self, ContextError};
 use crate::semconv;
+
+static ENQUEUE_ONCE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("lua/enqueue_once.lua")));
 
 /// Why an enqueue failed. No job of a failed call is reported as enqueued.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +43,9 @@ pub struct Enqueued {
     pub message_id: String,
     /// The trace the job belongs to; `None` when tracing is not set up.
     pub trace_id: Option<TraceId>,
+    /// True when an idempotency key matched an earlier job: nothing was enqueued, and the fields above
+    /// describe that earlier job.
+    pub duplicate: bool,
 }
 
 /// Enqueues jobs on one queue. Cheap to clone.
@@ -109,6 +118,7 @@ impl Producer {
                         job_id: job.id,
                         message_id,
                         trace_id: (trace_id != TraceId::INVALID).then_some(trace_id),
+                        duplicate: false,
                     }
                 })
                 .collect()),
@@ -120,6 +130,51 @@ impl Producer {
                 Err(e)
             }
         }
+    }
+}
+
+impl Producer {
+    /// Enqueues `job` unless a job with the same idempotency key was enqueued in the last `ttl`; then returns
+    /// that earlier job, marked [`Enqueued::duplicate`]. The check and the enqueue are one atomic step.
+    pub async fn enqueue_once(
+        &self,
+        mut job: Job,
+        key: &IdempotencyKey,
+        ttl: Duration,
+    ) -> Result<Enqueued, EnqueueError> {
+        let span = send_span(self.keys.queue().as_str(), &job);
+        let cx = span.context();
+        job.trace = propagation::inject(&cx)?;
+        let trace_id = cx.span().span_context().trace_id();
+        let mut invocation = ENQUEUE_ONCE.key(&self.keys.stream);
+        invocation
+            .key(self.keys.idempotency(key))
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(format!("{} {trace_id}", job.id));
+        for (name, value) in job.to_fields() {
+            invocation.arg(name).arg(value);
+        }
+        let result: Result<(i64, String, String), EnqueueError> = async {
+            let mut conn = self.pool.get().await?;
+            Ok(invocation.invoke_async(&mut conn).await?)
+        }
+        .await;
+        let (created, record, message_id) = result.inspect_err(|e| {
+            span.record(semconv::ERROR_TYPE, error_type(e));
+            span.set_status(Status::error(e.to_string()));
+        })?;
+        let (job_id, trace) = record.split_once(' ').unwrap_or((record.as_str(), ""));
+        let duplicate = created == 0;
+        if duplicate {
+            span.record(semconv::IDEMPOTENT_DUPLICATE, true);
+        }
+        span.record(semconv::MESSAGING_MESSAGE_ID, message_id.as_str());
+        Ok(Enqueued {
+            job_id: JobId::parse(job_id).unwrap_or(job.id),
+            message_id,
+            trace_id: TraceId::from_hex(trace).ok().filter(|t| *t != TraceId::INVALID),
+            duplicate,
+        })
     }
 }
 
@@ -146,5 +201,6 @@ fn send_span(queue: &str, job: &Job) -> tracing::Span {
         jobstream.job.kind = %job.kind,
         jobstream.job.attempt = job.attempt,
         error.type = Empty,
+        jobstream.idempotent.duplicate = Empty,
     )
 }

@@ -99,6 +99,34 @@ impl std::str::FromStr for GroupName {
     }
 }
 
+/// A caller's idempotency key: 1 to 200 printable ASCII characters, no spaces.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// Parses an idempotency key.
+    pub fn parse(value: &str) -> Result<Self, NameError> {
+        let what = "idempotency key";
+        if value.is_empty() {
+            return Err(NameError::Empty { what });
+        }
+        if value.len() > 200 {
+            return Err(NameError::TooLong { what, len: value.len(), max: 200 });
+        }
+        match value.chars().find(|c| !c.is_ascii_graphic()) {
+            Some(ch) => Err(NameError::BadChar { what, value: value.to_owned(), ch }),
+            None => Ok(Self(value.to_owned())),
+        }
+    }
+}
+
+impl std::str::FromStr for IdempotencyKey {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
 /// The Redis keys of one queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
@@ -135,6 +163,11 @@ impl Keys {
         &self.queue
     }
 
+    /// The key that remembers an idempotency key: `<prefix>:{Q}:idem:<key>`.
+    pub fn idempotency(&self, key: &IdempotencyKey) -> String {
+        format!("{}:idem:{}", self.stream, key.0)
+    }
+
     /// The key under which a job's result is stored by the shipped job kinds.
     pub fn result(&self, job_id: &str) -> String {
         format!("{}{job_id}", self.result_prefix)
@@ -161,5 +194,8 @@ mod tests {
         assert!(matches!(QueueName::parse("a b"), Err(NameError::BadChar { ch: ' ', .. })));
         assert!(matches!(QueueName::parse(&"x".repeat(129)), Err(NameError::TooLong { .. })));
         assert!(Keys::new("bad prefix", &QueueName::parse("q").unwrap()).is_err());
+        assert!(IdempotencyKey::parse("order-42/payment").is_ok());
+        assert!(IdempotencyKey::parse("has space").is_err());
+        assert!(IdempotencyKey::parse("").is_err());
     }
 }

@@ -28,6 +28,6 @@ pub mod worker;
 pub use enqueue::{EnqueueError, Enqueued, Producer};
 pub use handler::{HandlerFn, Handlers, JobFailure, JobHandler};
 pub use job::{Job, JobId, JobKind, Payload};
-pub use keys::{GroupName, Keys, QueueName};
+pub use keys::{GroupName, IdempotencyKey, Keys, QueueName};
 pub use limits::Limits;
-pub use worker::{Worker, WorkerConfig, WorkerStats};
+pub use worker::{TraceMode, Worker, WorkerConfig, WorkerStats};

@@ -317,3 +317,60 @@ fn int(value: &redis::Value) -> u64 {
         other => text(other).parse().unwrap_or(0),
     }
 }
+
+/// The first stream id no consumer group may still need: below it every entry was delivered to every group
+/// and acknowledged. `None` when the stream has no group (then nothing is safe to trim).
+pub async fn oldest_needed<C: ConnectionLike>(conn: &mut C, keys: &Keys) -> redis::RedisResult<Option<(u64, u64)>> {
+    let groups: Vec<HashMap<String, redis::Value>> =
+        match redis::cmd("XINFO").arg("GROUPS").arg(&keys.stream).query_async(conn).await {
+            Ok(groups) => groups,
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+    let mut needed: Option<(u64, u64)> = None;
+    for group in groups {
+        let name = group.get("name").map(text).unwrap_or_default();
+        let last_delivered = group.get("last-delivered-id").map(text).and_then(|id| parse_id(&id)).unwrap_or((0, 0));
+        let summary: redis::Value = redis::cmd("XPENDING").arg(&keys.stream).arg(&name).query_async(conn).await?;
+        let oldest_pending = match summary {
+            redis::Value::Array(items) => items.get(1).map(text).and_then(|id| parse_id(&id)),
+            _ => None,
+        };
+        // Everything after last-delivered-id is undelivered; the oldest pending entry is not acknowledged.
+        let first_undelivered = (last_delivered.0, last_delivered.1.saturating_add(1));
+        let bound = oldest_pending.map_or(first_undelivered, |p| p.min(first_undelivered));
+        needed = Some(needed.map_or(bound, |n| n.min(bound)));
+    }
+    Ok(needed)
+}
+
+/// Removes acknowledged entries older than `max_age` from the stream, never an entry some group has not
+/// acknowledged or not yet received (XTRIM MINID below [`oldest_needed`]); and dead entries older than
+/// `dead_max_age`. Returns how many entries each trim removed.
+pub async fn trim<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    max_age: Option<Duration>,
+    dead_max_age: Option<Duration>,
+) -> redis::RedisResult<(u64, u64)> {
+    let now = crate::clock::now_ms();
+    let mut removed = (0, 0);
+    if let Some(max_age) = max_age {
+        if let Some(needed) = oldest_needed(conn, keys).await? {
+            let by_age = (now.saturating_sub(max_age.as_millis() as u64), 0);
+            let (ms, seq) = needed.min(by_age);
+            removed.0 =
+                redis::cmd("XTRIM").arg(&keys.stream).arg("MINID").arg(format!("{ms}-{seq}")).query_async(conn).await?;
+        }
+    }
+    if let Some(dead_max_age) = dead_max_age {
+        let ms = now.saturating_sub(dead_max_age.as_millis() as u64);
+        removed.1 = redis::cmd("XTRIM").arg(&keys.dead).arg("MINID").arg(format!("{ms}-0")).query_async(conn).await?;
+    }
+    Ok(removed)
+}
+
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}

@@ -43,3 +43,5 @@ pub const RETRY_NEXT_ATTEMPT: &str = "jobstream.retry.next_attempt";
 pub const RECLAIMED_FROM: &str = "jobstream.reclaimed_from";
 /// How long the entry had been idle when it was taken over.
 pub const RECLAIMED_IDLE_MS: &str = "jobstream.reclaimed_idle_ms";
+/// True on a `send` span whose idempotency key matched an earlier job (nothing was enqueued).
+pub const IDEMPOTENT_DUPLICATE: &str = "jobstream.idempotent.duplicate";

@@ -155,3 +155,53 @@ async fn spans_also_go_out_over_grpc() {
     let send = named(&spans, &job.trace_id, "send grpc")[0];
     assert_eq!(named(&spans, &job.trace_id, "process grpc")[0].parent_span_id.as_deref(), Some(send.span_id.as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idempotency_key_enqueues_once() {
+    let redis = RedisServer::start();
+    let sink = OtlpSink::start().await.unwrap();
+    let run = || {
+        let out = traced("producer", &redis, &sink, "test-producer")
+            .args(["enqueue", "--queue", "once", "--kind", "noop", "--idempotency-key", "order-42"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (first, _) = run();
+    let (second, note) = run();
+    assert_eq!(first, second, "the second call reports the first job, trace id included");
+    assert!(note.contains("nothing enqueued"), "{note}");
+    assert_eq!(xlen(&mut redis.conn(), "jobstream:{once}"), 1, "one entry on the stream");
+    let many = traced("producer", &redis, &sink, "test-producer")
+        .args(["enqueue", "--queue", "once", "--kind", "noop", "--idempotency-key", "k", "--count", "2"])
+        .output()
+        .unwrap();
+    assert!(!many.status.success(), "a key names one job");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn link_mode_starts_a_new_trace_linked_to_the_producer() {
+    let redis = RedisServer::start();
+    let sink = OtlpSink::start().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let mut cmd = consumer_cmd(&redis, &sink, "linked", "c0");
+    cmd.args(["--trace-mode", "link"]);
+    let worker = ConsumerProcess::spawn(cmd, logs.path(), "c0");
+    let job = enqueue(traced("producer", &redis, &sink, "test-producer"), "linked", "demo", "{}", 1).remove(0);
+    let mut conn = redis.conn();
+    wait_until(Duration::from_secs(30), "the job", || done_counts(&mut conn, "linked").len() == 1);
+    assert_eq!(worker.terminate(), Some(0));
+    let spans = sink
+        .wait_for(SPAN_WAIT, |s| {
+            s.iter().any(|s| s.name == "process linked") && s.iter().any(|s| s.name == "send linked")
+        })
+        .await
+        .unwrap();
+    let send = named(&spans, &job.trace_id, "send linked")[0];
+    let process = spans.iter().find(|s| s.name == "process linked").unwrap();
+    assert_ne!(process.trace_id, job.trace_id, "a new trace");
+    assert!(process.parent_span_id.is_none(), "rooted in the consumer");
+    assert_eq!(process.links, vec![(job.trace_id.clone(), send.span_id.clone())], "linked to the send span");
+    assert_eq!(named(&spans, &process.trace_id, "save-data").len(), 1, "the handler's spans follow the new trace");
+}

@@ -102,3 +102,29 @@ pub(crate) async fn renew(shared: Arc<Shared>, every: Duration, stop: Cancellati
         }
     }
 }
+
+/// Trims acknowledged entries past the retention and old dead entries every `every`, until `stop`.
+pub(crate) async fn trim(shared: Arc<Shared>, every: Duration, stop: CancellationToken) {
+    let config = &shared.config;
+    if config.retention.is_none() && config.dead_retention.is_none() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let trimmed = async {
+            let mut conn = shared.pool.get().await.map_err(|e| e.to_string())?;
+            queue::trim(&mut conn, &shared.keys, config.retention, config.dead_retention)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match trimmed {
+            Ok((0, 0)) => {}
+            Ok((stream, dead)) => tracing::debug!(stream, dead, "trimmed old entries"),
+            Err(error) => tracing::debug!(%error, "trimming failed; will try again"),
+        }
+    }
+}

@@ -32,6 +32,8 @@ use crate::retry::RetryPolicy;
 const ACK_DRAIN: Duration = Duration::from_secs(5);
 /// How often due retries are moved back to the stream.
 const PROMOTE_EVERY: Duration = Duration::from_millis(200);
+/// How often the retention policy is applied.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 /// How a worker reads and runs jobs.
 #[derive(Debug, Clone)]
@@ -59,6 +61,24 @@ pub struct WorkerConfig {
     pub max_deliveries: u64,
     /// When failed jobs run again.
     pub retry: RetryPolicy,
+    /// Acknowledged entries older than this are trimmed from the stream (never one a group still needs);
+    /// `None` keeps them.
+    pub retention: Option<Duration>,
+    /// Dead entries older than this are trimmed; `None` keeps them (the length cap still applies).
+    pub dead_retention: Option<Duration>,
+    /// How an attempt's `process` span relates to the producer's trace.
+    pub trace_mode: TraceMode,
+}
+
+/// How a `process` span relates to the context found on the entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TraceMode {
+    /// The span is a child of the producer's `send` span: one trace from producer to every attempt.
+    #[default]
+    Parent,
+    /// Each attempt starts a new trace with a span link to the producer's `send` span: for jobs delayed for
+    /// hours or fan-outs too large for one trace.
+    Link,
 }
 
 impl WorkerConfig {
@@ -76,6 +96,9 @@ impl WorkerConfig {
             visibility_timeout: Duration::from_secs(60),
             max_deliveries: 5,
             retry: RetryPolicy::default(),
+            retention: Some(Duration::from_secs(3600)),
+            dead_retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            trace_mode: TraceMode::Parent,
         }
     }
 
@@ -186,6 +209,7 @@ impl Worker {
         let promoter = tokio::spawn(maintenance::promote(shared.clone(), PROMOTE_EVERY, maintenance_stop.clone()));
         let renewer =
             tokio::spawn(maintenance::renew(shared.clone(), config.visibility_timeout / 3, maintenance_stop.clone()));
+        let trimmer = tokio::spawn(maintenance::trim(shared.clone(), TRIM_EVERY, maintenance_stop.clone()));
         let permits = Arc::new(Semaphore::new(config.concurrency));
         let tasks = TaskTracker::new();
         let mut reader = Reader::new(&shared);
@@ -236,7 +260,7 @@ impl Worker {
             );
         }
         maintenance_stop.cancel();
-        let _ = tokio::join!(promoter, renewer);
+        let _ = tokio::join!(promoter, renewer, trimmer);
         drop(acks);
         let mut acker = acker;
         let unsent = match tokio::time::timeout(ACK_DRAIN, &mut acker).await {

@@ -1,14 +1,14 @@
 //! One delivery, start to finish: decode it, open the `process` span that continues the entry's trace, run
 //! the handler inside it, and settle the outcome (acknowledge, leave pending, or dead-letter).
 
-use opentelemetry::trace::Status;
+use opentelemetry::trace::{Status, TraceContextExt};
 use opentelemetry::KeyValue;
 use tracing::field::Empty;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::acker::AckSender;
-use super::{Shared, WorkerStats};
+use super::{Shared, TraceMode, WorkerStats};
 use crate::handler::JobFailure;
 use crate::job::{fields_from_redis, Job};
 use crate::propagation::{self, ContextStatus, TraceHeaders};
@@ -38,9 +38,12 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
     let (parent, status) = propagation::extract(&trace);
     span.record(semconv::TRACE_CONTEXT, status.label());
     match status {
-        ContextStatus::Continued => {
-            let _ = span.set_parent(parent);
-        }
+        ContextStatus::Continued => match shared.config.trace_mode {
+            TraceMode::Parent => {
+                let _ = span.set_parent(parent);
+            }
+            TraceMode::Link => span.add_link(parent.span().span_context().clone()),
+        },
         ContextStatus::Invalid(ref e) => {
             span.record(semconv::TRACE_CONTEXT_ERROR, e.to_string());
             tracing::warn!(parent: &span, message_id = %delivery.message_id, error = %e, "trace context not continued; new root trace");
