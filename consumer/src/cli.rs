@@ -29,6 +29,9 @@ pub struct Cli {
     /// Consumer name, unique per process [default: <hostname>-<pid>].
     #[arg(long, env = "JOBSTREAM_CONSUMER")]
     pub consumer: Option<String>,
+    /// Address of the /healthz, /readyz and /metrics endpoints.
+    #[arg(long, env = "JOBSTREAM_LISTEN", default_value = "0.0.0.0:9090")]
+    pub listen: std::net::SocketAddr,
     /// Most jobs running at once.
     #[arg(long, env = "JOBSTREAM_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub concurrency: u32,

@@ -9,7 +9,12 @@ use anyhow::Context as _;
 use clap::Parser;
 use jobstream::retry::RetryPolicy;
 use jobstream::worker::default_consumer_name;
+use std::sync::Arc;
+
+use jobstream::health::{self, HealthState};
+use jobstream::metrics::Metrics;
 use jobstream::{telemetry, Handlers, JobKind, Producer, Worker, WorkerConfig};
+use tokio_util::sync::CancellationToken;
 
 use crate::kinds::demo::{Demo, DemoSettings};
 use crate::kinds::fanout::Fanout;
@@ -63,6 +68,20 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         max_delay: cli.retry_max_delay,
         max_attempts_by_kind: cli.max_attempts_for.into_iter().collect(),
     };
-    Worker::new(pool, keys, handlers, config).run(shutdown).await?;
-    Ok(())
+    let metrics = Arc::new(Metrics::new());
+    let stop_serving = CancellationToken::new();
+    let health = HealthState {
+        pool: pool.clone(),
+        keys: keys.clone(),
+        group: Some(config.group.clone()),
+        metrics: metrics.clone(),
+        draining: shutdown.clone(),
+    };
+    let (_, server) = health::spawn(cli.listen, health::router(health), stop_serving.clone())
+        .await
+        .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let result = Worker::new(pool, keys, handlers, config).with_metrics(metrics).run(shutdown).await;
+    stop_serving.cancel();
+    let _ = server.await;
+    Ok(result?)
 }

@@ -152,6 +152,8 @@ fn spawn_consumers(
                 .arg(args.concurrency.to_string())
                 .arg("--block")
                 .arg("500ms")
+                .arg("--listen")
+                .arg("127.0.0.1:0")
                 .arg("--retry-base-delay")
                 .arg("100ms")
                 .arg("--demo-latency-scale")

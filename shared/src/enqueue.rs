@@ -4,7 +4,7 @@
 //! entry; the consumer's `process` span becomes that span's child. A batch is written as one pipeline, so it
 //! costs one round trip. An enqueue reports success only for entries Redis answered with an id.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use deadpool_redis::Pool;
@@ -15,6 +15,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::job::{Job, JobError, JobId, JobKind, Payload};
 use crate::keys::{IdempotencyKey, Keys};
 use crate::limits::Limits;
+use crate::metrics::{JobLabels, Metrics, QueueLabels};
 use crate::propagation::{self, ContextError};
 use crate::semconv;
 
@@ -54,12 +55,31 @@ pub struct Producer {
     pool: Pool,
     keys: Keys,
     limits: Limits,
+    metrics: Arc<Metrics>,
 }
 
 impl Producer {
     /// A producer for the queue whose keys are `keys`.
     pub fn new(pool: Pool, keys: Keys, limits: Limits) -> Self {
-        Self { pool, keys, limits }
+        Self { pool, keys, limits, metrics: Arc::default() }
+    }
+
+    /// Records enqueues into `metrics` instead of a private registry.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Counts jobs enqueued (`ok`) or one failed enqueue call.
+    fn count<'a>(&self, ok: bool, kinds: impl Iterator<Item = &'a JobKind>) {
+        let queue = self.keys.queue().to_string();
+        if ok {
+            for kind in kinds {
+                self.metrics.enqueued.get_or_create(&JobLabels { queue: queue.clone(), kind: kind.to_string() }).inc();
+            }
+        } else {
+            self.metrics.enqueue_errors.get_or_create(&QueueLabels { queue }).inc();
+        }
     }
 
     /// The queue's keys.
@@ -107,7 +127,7 @@ impl Producer {
             Ok(pipe.query_async(&mut conn).await?)
         }
         .await;
-        match result {
+        let result = match result {
             Ok(ids) => Ok(jobs
                 .iter()
                 .zip(ids)
@@ -129,7 +149,9 @@ impl Producer {
                 }
                 Err(e)
             }
-        }
+        };
+        self.count(result.is_ok(), jobs.iter().map(|j| &j.kind));
+        result
     }
 }
 
@@ -159,6 +181,9 @@ impl Producer {
             Ok(invocation.invoke_async(&mut conn).await?)
         }
         .await;
+        if !result.as_ref().is_ok_and(|(created, _, _)| *created == 0) {
+            self.count(result.is_ok(), std::iter::once(&job.kind));
+        }
         let (created, record, message_id) = result.inspect_err(|e| {
             span.record(semconv::ERROR_TYPE, error_type(e));
             span.set_status(Status::error(e.to_string()));

@@ -122,6 +122,11 @@ impl Handlers {
         kinds
     }
 
+    /// True when a handler is registered for `kind`.
+    pub fn knows(&self, kind: &str) -> bool {
+        self.by_kind.contains_key(kind)
+    }
+
     /// Starts the handler of `job.kind`; `None` when no handler knows the kind.
     pub fn dispatch(&self, job: Job) -> Option<HandlerFuture> {
         let handler = self.by_kind.get(job.kind.as_str())?;

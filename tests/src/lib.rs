@@ -177,6 +177,30 @@ impl ConsumerProcess {
         let _ = self.child.wait();
     }
 
+    /// The address its health server bound, read from its `serving /healthz…` log line.
+    pub fn listen_addr(&self) -> std::net::SocketAddr {
+        let mut found = None;
+        wait_until(Duration::from_secs(20), "the health server's address in the log", || {
+            found = self.log().lines().find_map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                v.get("listen")?.as_str()?.parse().ok()
+            });
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn signal_term(&self) {
+        use nix::sys::signal::{kill, Signal};
+        let _ = kill(nix::unistd::Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+    }
+
+    /// Waits for the exit; returns the exit code.
+    pub fn wait(mut self) -> Option<i32> {
+        self.child.wait().expect("wait for process").code()
+    }
+
     /// The process's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -320,8 +344,55 @@ pub fn xlen(conn: &mut redis::Connection, key: &str) -> u64 {
 /// A consumer command for `queue` with fast polling and the given extra flags; traced to `sink`.
 pub fn consumer(redis: &RedisServer, sink: &OtlpSink, queue: &str, name: &str, extra: &[&str]) -> Command {
     let mut cmd = traced("consumer", redis, sink, "test-consumer");
-    cmd.args(["--queue", queue, "--consumer", name, "--block", "200ms"])
+    cmd.args(["--queue", queue, "--consumer", name, "--block", "200ms", "--listen", "127.0.0.1:0"])
         .args(["--demo-latency-scale", "0", "--demo-failure-rate", "0"])
         .args(extra);
     cmd
+}
+
+/// A plain HTTP/1.1 GET on loopback; returns the status code and the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, &[], "")
+}
+
+/// A plain HTTP/1.1 request; returns the status code and the body.
+pub fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).expect("send request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read response");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
 }

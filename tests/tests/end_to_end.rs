@@ -10,12 +10,19 @@ const SPAN_WAIT: Duration = Duration::from_secs(20);
 
 fn consumer_cmd(redis: &RedisServer, sink: &OtlpSink, queue: &str, name: &str) -> std::process::Command {
     let mut cmd = traced("consumer", redis, sink, "test-consumer");
-    cmd.args(["--queue", queue, "--consumer", name, "--block", "200ms", "--concurrency", "8"]).args([
-        "--demo-latency-scale",
-        "0",
-        "--demo-failure-rate",
-        "0",
-    ]);
+    cmd.args([
+        "--queue",
+        queue,
+        "--consumer",
+        name,
+        "--block",
+        "200ms",
+        "--concurrency",
+        "8",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .args(["--demo-latency-scale", "0", "--demo-failure-rate", "0"]);
     cmd
 }
 

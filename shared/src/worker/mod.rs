@@ -25,6 +25,7 @@ use crate::backoff::Backoff;
 use crate::handler::Handlers;
 use crate::keys::{GroupName, Keys};
 use crate::limits::Limits;
+use crate::metrics::{Metrics, QueueLabels};
 use crate::queue::{self, Delivery};
 use crate::retry::RetryPolicy;
 
@@ -160,6 +161,7 @@ pub(crate) struct Shared {
     pub(crate) handlers: Handlers,
     pub(crate) stats: Arc<WorkerStats>,
     pub(crate) in_flight: maintenance::InFlight,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// One consumer of a queue's consumer group.
@@ -178,8 +180,15 @@ impl Worker {
                 handlers,
                 stats: Arc::default(),
                 in_flight: maintenance::InFlight::default(),
+                metrics: Arc::default(),
             }),
         }
+    }
+
+    /// Records into `metrics` instead of a private registry.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        Arc::get_mut(&mut self.shared).expect("not running yet").metrics = metrics;
+        self
     }
 
     /// The counters of this worker.
@@ -365,6 +374,11 @@ impl<'a> Reader<'a> {
             self.reclaim_cursor = claimed.next_cursor;
             if !claimed.deliveries.is_empty() {
                 WorkerStats::add(&shared.stats.reclaimed, claimed.deliveries.len() as u64);
+                shared
+                    .metrics
+                    .reclaims
+                    .get_or_create(&QueueLabels { queue: shared.keys.queue().to_string() })
+                    .inc_by(claimed.deliveries.len() as u64);
                 tracing::info!(count = claimed.deliveries.len(), "took over jobs idle past the visibility timeout");
                 return Ok(claimed.deliveries);
             }

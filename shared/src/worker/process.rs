@@ -9,8 +9,11 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::acker::AckSender;
 use super::{Shared, TraceMode, WorkerStats};
+use std::time::{Duration, Instant};
+
 use crate::handler::JobFailure;
 use crate::job::{fields_from_redis, Job};
+use crate::metrics::{DeadLabels, QueueLabels};
 use crate::propagation::{self, ContextStatus, TraceHeaders};
 use crate::queue::{self, DeadLetter, DeadReason, Delivery};
 use crate::semconv;
@@ -52,6 +55,9 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
     }
 
     shared.stats.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let in_flight =
+        shared.metrics.in_flight.get_or_create(&QueueLabels { queue: shared.keys.queue().to_string() }).clone();
+    in_flight.inc();
     shared.in_flight.insert(&delivery.message_id);
     let outcome = match decoded {
         Err(e) => Outcome::Dead(DeadReason::Undecodable, e.to_string()),
@@ -66,17 +72,22 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
     };
     settle(shared, &delivery, outcome, &span, acks).await;
     shared.in_flight.remove(&delivery.message_id);
+    in_flight.dec();
     shared.stats.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 async fn run_handler(shared: &Shared, job: Job, span: &tracing::Span) -> Outcome {
     let (kind, attempt) = (job.kind.clone(), job.attempt);
+    let wait = Duration::from_millis(crate::clock::now_ms().saturating_sub(job.enqueued_at_ms));
+    let started = Instant::now();
     let future = match shared.handlers.dispatch(job) {
         Some(future) => future,
         None => return Outcome::Dead(DeadReason::UnknownKind, format!("no handler for kind {:?}", kind.as_str())),
     };
     // Its own task, so that a panicking handler fails its job instead of the worker.
-    match tokio::spawn(future.instrument(span.clone())).await {
+    let result = tokio::spawn(future.instrument(span.clone())).await;
+    shared.metrics.timed(shared.keys.queue().as_str(), kind.as_str(), started.elapsed(), wait);
+    match result {
         Ok(Ok(())) => Outcome::Succeeded,
         Ok(Err(failure)) => Outcome::Failed { failure, kind: kind.as_str().to_owned(), attempt },
         Err(join) => {
@@ -92,6 +103,7 @@ async fn settle(shared: &Shared, delivery: &Delivery, outcome: Outcome, span: &t
     match outcome {
         Outcome::Succeeded => {
             WorkerStats::add(&stats.succeeded, 1);
+            shared.metrics.settled(shared.keys.queue().as_str(), kind_of(shared, delivery), "succeeded");
             span.add_event("settle", vec![KeyValue::new(semconv::SETTLE_OUTCOME, "ack")]);
             if !acks.send(delivery.message_id.clone()) {
                 tracing::warn!(parent: span, message_id = %delivery.message_id, "acker stopped; job stays pending");
@@ -142,6 +154,9 @@ async fn dead_letter(shared: &Shared, delivery: &Delivery, reason: DeadReason, e
     match moved {
         Ok(true) => {
             WorkerStats::add(&shared.stats.dead_lettered, 1);
+            let queue = shared.keys.queue().to_string();
+            shared.metrics.settled(&queue, kind_of(shared, delivery), "dead");
+            shared.metrics.dead_letters.get_or_create(&DeadLabels { queue, reason: reason.as_str().to_owned() }).inc();
             span.add_event("settle", vec![KeyValue::new(semconv::SETTLE_OUTCOME, "dead")]);
             tracing::warn!(parent: span, message_id = %delivery.message_id, reason = reason.as_str(), %error, "job dead-lettered");
         }
@@ -185,6 +200,7 @@ async fn schedule_retry(
     match scheduled {
         Ok(true) => {
             WorkerStats::add(&shared.stats.retried, 1);
+            shared.metrics.settled(shared.keys.queue().as_str(), kind_of(shared, delivery), "retried");
             span.add_event(
                 "settle",
                 vec![
@@ -201,6 +217,17 @@ async fn schedule_retry(
         Err(e) => {
             tracing::error!(parent: span, message_id = %delivery.message_id, error = %e, "scheduling the retry failed; the entry stays pending and will be redelivered")
         }
+    }
+}
+
+/// The entry's kind for metric labels when a handler knows it, else `unknown`, so that garbage on the stream
+/// cannot blow up the number of label values.
+fn kind_of<'a>(shared: &Shared, delivery: &'a Delivery) -> &'a str {
+    match delivery.fields.get(crate::job::field::KIND) {
+        Some(redis::Value::BulkString(bytes)) => {
+            std::str::from_utf8(bytes).ok().filter(|k| shared.handlers.knows(k)).unwrap_or("unknown")
+        }
+        _ => "unknown",
     }
 }
 

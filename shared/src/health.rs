@@ -1,0 +1,117 @@
+//! The operations endpoints every long-running jobstream process serves: `/healthz` (the process is alive),
+//! `/readyz` (Redis answers, the consumer group exists, the process is not draining) and `/metrics`
+//! (Prometheus text format).
+//!
+//! A draining worker reports not ready, so a load balancer or Kubernetes stops counting on it, while `/healthz`
+//! stays up until it has finished, so it is not killed mid-drain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use deadpool_redis::Pool;
+use tokio_util::sync::CancellationToken;
+
+use crate::keys::{GroupName, Keys};
+use crate::metrics::Metrics;
+
+/// How long a probe may wait for Redis.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the endpoints look at.
+#[derive(Clone)]
+pub struct HealthState {
+    /// The process's Redis pool.
+    pub pool: Pool,
+    /// The queue whose numbers `/metrics` reports.
+    pub keys: Keys,
+    /// The group that must exist for `/readyz` (a consumer's); `None` for a producer.
+    pub group: Option<GroupName>,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the process starts draining: `/readyz` then answers 503.
+    pub draining: CancellationToken,
+}
+
+/// The router with the three endpoints; merge it into an application's router or serve it alone.
+pub fn router(state: HealthState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<HealthState>) -> impl IntoResponse {
+    if state.draining.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned());
+    }
+    match tokio::time::timeout(PROBE_TIMEOUT, check(&state)).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n".to_owned()),
+        Ok(Err(reason)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "Redis did not answer in time\n".to_owned()),
+    }
+}
+
+async fn check(state: &HealthState) -> Result<(), String> {
+    let mut conn = state.pool.get().await.map_err(|e| format!("Redis unreachable: {e}"))?;
+    redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(|e| format!("Redis unreachable: {e}"))?;
+    if let Some(group) = &state.group {
+        let groups: Vec<std::collections::HashMap<String, redis::Value>> =
+            redis::cmd("XINFO").arg("GROUPS").arg(&state.keys.stream).query_async(&mut conn).await.unwrap_or_default();
+        let exists = groups.iter().any(|g| {
+            g.get("name").and_then(|v| redis::from_redis_value::<String>(v.clone()).ok()).as_deref()
+                == Some(group.as_str())
+        });
+        if !exists {
+            return Err(format!("consumer group {group} does not exist yet"));
+        }
+    }
+    Ok(())
+}
+
+async fn metrics(State(state): State<HealthState>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    let stats = tokio::time::timeout(PROBE_TIMEOUT, async {
+        let mut conn = state.pool.get().await.map_err(|e| e.to_string())?;
+        crate::admin::stats(&mut conn, &state.keys).await.map_err(|e| e.to_string())
+    })
+    .await;
+    match stats {
+        Ok(Ok(stats)) => state.metrics.observe_queue(&stats),
+        Ok(Err(error)) => tracing::debug!(%error, "queue gauges not refreshed"),
+        Err(_) => tracing::debug!("queue gauges not refreshed: Redis did not answer in time"),
+    }
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        (
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            state.metrics.encode_openmetrics(),
+        )
+    } else {
+        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.encode_prometheus())
+    }
+}
+
+/// Serves `app` on `listener` until `stop` is cancelled.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router, stop: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await
+}
+
+/// Binds `addr` and serves `app` in the background until `stop`; returns the bound address (useful with port 0).
+pub async fn spawn(
+    addr: std::net::SocketAddr,
+    app: Router,
+    stop: CancellationToken,
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tracing::info!(listen = %bound, "serving /healthz, /readyz and /metrics");
+    Ok((bound, tokio::spawn(serve(listener, app, stop))))
+}

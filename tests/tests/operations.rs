@@ -1,0 +1,94 @@
+//! What operators and orchestrators see: `/healthz`, `/readyz` (not ready while draining) and `/metrics`.
+
+use std::time::Duration;
+
+use jobstream_tests::*;
+
+fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name_and_labels)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn probes_and_metrics_tell_the_truth() {
+    let redis = RedisServer::start();
+    let sink = OtlpSink::start().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let queue = "ops";
+    let flags = ["--max-attempts", "1", "--demo-failure-rate", "1"];
+    let worker = ConsumerProcess::spawn(consumer(&redis, &sink, queue, "w", &flags), logs.path(), "w");
+    let addr = worker.listen_addr();
+    assert_eq!(http_get(addr, "/healthz").0, 200);
+    wait_until(Duration::from_secs(20), "readiness once the group exists", || http_get(addr, "/readyz").0 == 200);
+
+    enqueue(traced("producer", &redis, &sink, "test-producer"), queue, "noop", "{}", 5);
+    enqueue(traced("producer", &redis, &sink, "test-producer"), queue, "demo", "{}", 2);
+    let mut conn = redis.conn();
+    xadd_raw(&mut conn, queue, &[("v", b"1")]);
+    let dead_key = format!("jobstream:{{{queue}}}:dead");
+    wait_until(Duration::from_secs(30), "5 done and 3 dead", || {
+        done_counts(&mut conn, queue).len() == 5 && xlen(&mut conn, &dead_key) == 3
+    });
+
+    let (status, text) = http_get(addr, "/metrics");
+    assert_eq!(status, 200);
+    let q = r#"queue="ops""#;
+    assert_eq!(
+        metric(&text, &format!(r#"jobstream_jobs_total{{{q},kind="noop",outcome="succeeded"}}"#)),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(metric(&text, &format!(r#"jobstream_jobs_total{{{q},kind="demo",outcome="dead"}}"#)), Some(2.0));
+    assert_eq!(metric(&text, &format!(r#"jobstream_jobs_total{{{q},kind="unknown",outcome="dead"}}"#)), Some(1.0));
+    assert_eq!(metric(&text, &format!(r#"jobstream_dead_letters_total{{{q},reason="max_attempts"}}"#)), Some(2.0));
+    assert_eq!(metric(&text, &format!(r#"jobstream_dead_letters_total{{{q},reason="undecodable"}}"#)), Some(1.0));
+    assert_eq!(metric(&text, &format!(r#"jobstream_processing_duration_seconds_count{{{q},kind="noop"}}"#)), Some(5.0));
+    assert_eq!(metric(&text, &format!(r#"jobstream_queue_wait_seconds_count{{{q},kind="demo"}}"#)), Some(2.0));
+    assert_eq!(metric(&text, &format!(r#"jobstream_queue_length{{{q}}}"#)), Some(8.0));
+    assert_eq!(metric(&text, &format!(r#"jobstream_queue_dead{{{q}}}"#)), Some(3.0));
+    assert_eq!(metric(&text, &format!(r#"jobstream_group_pending{{{q},group="workers"}}"#)), Some(0.0));
+    assert_eq!(metric(&text, &format!(r#"jobstream_group_lag{{{q},group="workers"}}"#)), Some(0.0));
+    assert_eq!(metric(&text, &format!(r#"jobstream_jobs_in_flight{{{q}}}"#)), Some(0.0));
+    if let Ok(mut promtool) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let out = promtool.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("promtool not installed: metric names not linted (scripts/setup installs it)");
+    }
+    assert_eq!(worker.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_draining_worker_is_alive_but_not_ready() {
+    let redis = RedisServer::start();
+    let sink = OtlpSink::start().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let queue = "draining";
+    // One demo job of about 4 s keeps the worker draining long enough to probe it.
+    let worker =
+        ConsumerProcess::spawn(consumer(&redis, &sink, queue, "w", &["--demo-latency-scale", "30"]), logs.path(), "w");
+    let addr = worker.listen_addr();
+    enqueue(traced("producer", &redis, &sink, "test-producer"), queue, "demo", "{}", 1);
+    let mut conn = redis.conn();
+    wait_until(Duration::from_secs(20), "the job to start", || pending(&mut conn, queue, "workers") == 1);
+    assert_eq!(http_get(addr, "/readyz").0, 200);
+    worker.signal_term();
+    wait_until(Duration::from_secs(10), "readiness to drop", || http_get(addr, "/readyz").0 == 503);
+    assert_eq!(http_get(addr, "/healthz").0, 200, "still alive while draining");
+    assert_eq!(done_counts(&mut conn, queue).len(), 0, "the job is still running");
+    assert_eq!(worker.wait(), Some(0));
+    assert_eq!(done_counts(&mut conn, queue).len(), 1, "the drain finished the job");
+    assert_eq!(pending(&mut conn, queue, "workers"), 0);
+}
