@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use jobstream::config::{parse_duration, QueueArgs, RedisArgs};
+use jobstream::config::{parse_duration, QueueArgs, RedisArgs, Secret};
 use jobstream::IdempotencyKey;
 
 /// jobstream producer: puts jobs on a Redis stream, each carrying the W3C trace context of its `send` span.
@@ -26,11 +26,32 @@ pub enum Command {
     Enqueue(EnqueueArgs),
     /// Run the demo end to end: start consumers, send demo jobs, report what happened and one job's span tree.
     Demo(DemoArgs),
+    /// Serve the HTTP API: POST /v1/jobs {kind, payload} answers 202 {id, trace_id}; plus /healthz, /readyz,
+    /// /metrics. An incoming traceparent is continued through the queue to the worker.
+    Serve(ServeArgs),
     /// Show a queue's numbers: length, lag, pending, oldest pending age, consumers, delayed and dead counts.
     Stats(StatsArgs),
     /// Inspect and act on dead-lettered jobs.
     #[command(subcommand)]
     Dead(DeadCommand),
+}
+
+/// `producer serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    /// Address to serve on.
+    #[arg(long, env = "JOBSTREAM_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Require `Authorization: Bearer <token>` on POST /v1/jobs. Never printed.
+    #[arg(long, env = "JOBSTREAM_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<Secret>,
+    /// How long an idempotency key is remembered.
+    #[arg(long, env = "JOBSTREAM_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub idempotency_ttl: Duration,
 }
 
 /// `producer stats`.

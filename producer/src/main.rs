@@ -4,6 +4,7 @@ mod admin;
 mod cli;
 mod demo;
 mod enqueue;
+mod serve;
 
 use std::time::Duration;
 
@@ -22,6 +23,12 @@ async fn main() -> anyhow::Result<()> {
         }
         cli::Command::Demo(args) => demo::run(args).await,
         cli::Command::Stats(args) => admin::stats(args).await,
+        cli::Command::Serve(args) => {
+            let telemetry = telemetry::init("jobstream-producer")?;
+            let result = serve::run(args).await;
+            telemetry.shutdown(Duration::from_secs(10)).await;
+            result
+        }
         cli::Command::Dead(command) => {
             let telemetry = telemetry::init("jobstream-producer")?;
             let result = admin::dead(command).await;

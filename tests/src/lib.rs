@@ -143,14 +143,14 @@ pub fn traced(name: &str, redis: &RedisServer, sink: &OtlpSink, service: &str) -
     cmd
 }
 
-/// A running consumer process; SIGKILLed on drop if still running.
-pub struct ConsumerProcess {
+/// A running jobstream process (consumer or `producer serve`); SIGKILLed on drop if still running.
+pub struct Service {
     child: Child,
     log: PathBuf,
 }
 
-impl ConsumerProcess {
-    /// Spawns `cmd` (a consumer command) with its stderr in a log file under `dir`.
+impl Service {
+    /// Spawns `cmd` with its stderr in a log file under `dir`.
     pub fn spawn(mut cmd: Command, dir: &Path, name: &str) -> Self {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("consumer log");
@@ -207,7 +207,7 @@ impl ConsumerProcess {
     }
 }
 
-impl Drop for ConsumerProcess {
+impl Drop for Service {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let log = self.log();

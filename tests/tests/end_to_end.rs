@@ -33,9 +33,7 @@ async fn jobs_run_once_and_each_forms_one_trace_across_processes() {
     let logs = tempfile::tempdir().unwrap();
     let queue = "e2e";
     let consumers: Vec<_> = (0..2)
-        .map(|i| {
-            ConsumerProcess::spawn(consumer_cmd(&redis, &sink, queue, &format!("c{i}")), logs.path(), &format!("c{i}"))
-        })
+        .map(|i| Service::spawn(consumer_cmd(&redis, &sink, queue, &format!("c{i}")), logs.path(), &format!("c{i}")))
         .collect();
 
     let jobs = enqueue(traced("producer", &redis, &sink, "test-producer"), queue, "demo", r#"{"x":1}"#, 20);
@@ -101,7 +99,7 @@ async fn a_fanout_job_makes_one_trace_over_three_hops() {
     let sink = OtlpSink::start().await.unwrap();
     let logs = tempfile::tempdir().unwrap();
     let queue = "fan";
-    let consumer = ConsumerProcess::spawn(consumer_cmd(&redis, &sink, queue, "c0"), logs.path(), "c0");
+    let consumer = Service::spawn(consumer_cmd(&redis, &sink, queue, "c0"), logs.path(), "c0");
     let job = enqueue(
         traced("producer", &redis, &sink, "test-producer"),
         queue,
@@ -148,7 +146,7 @@ async fn spans_also_go_out_over_grpc() {
     let logs = tempfile::tempdir().unwrap();
     let mut cmd = consumer_cmd(&redis, &sink, "grpc", "c0");
     cmd.env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc").env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.grpc_endpoint());
-    let consumer = ConsumerProcess::spawn(cmd, logs.path(), "c0");
+    let consumer = Service::spawn(cmd, logs.path(), "c0");
     let mut producer = traced("producer", &redis, &sink, "test-producer");
     producer.env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc").env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.grpc_endpoint());
     let job = enqueue(producer, "grpc", "noop", "{}", 1).remove(0);
@@ -194,7 +192,7 @@ async fn link_mode_starts_a_new_trace_linked_to_the_producer() {
     let logs = tempfile::tempdir().unwrap();
     let mut cmd = consumer_cmd(&redis, &sink, "linked", "c0");
     cmd.args(["--trace-mode", "link"]);
-    let worker = ConsumerProcess::spawn(cmd, logs.path(), "c0");
+    let worker = Service::spawn(cmd, logs.path(), "c0");
     let job = enqueue(traced("producer", &redis, &sink, "test-producer"), "linked", "demo", "{}", 1).remove(0);
     let mut conn = redis.conn();
     wait_until(Duration::from_secs(30), "the job", || done_counts(&mut conn, "linked").len() == 1);

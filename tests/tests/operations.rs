@@ -15,7 +15,7 @@ async fn probes_and_metrics_tell_the_truth() {
     let logs = tempfile::tempdir().unwrap();
     let queue = "ops";
     let flags = ["--max-attempts", "1", "--demo-failure-rate", "1"];
-    let worker = ConsumerProcess::spawn(consumer(&redis, &sink, queue, "w", &flags), logs.path(), "w");
+    let worker = Service::spawn(consumer(&redis, &sink, queue, "w", &flags), logs.path(), "w");
     let addr = worker.listen_addr();
     assert_eq!(http_get(addr, "/healthz").0, 200);
     wait_until(Duration::from_secs(20), "readiness once the group exists", || http_get(addr, "/readyz").0 == 200);
@@ -77,8 +77,7 @@ async fn a_draining_worker_is_alive_but_not_ready() {
     let logs = tempfile::tempdir().unwrap();
     let queue = "draining";
     // One demo job of about 4 s keeps the worker draining long enough to probe it.
-    let worker =
-        ConsumerProcess::spawn(consumer(&redis, &sink, queue, "w", &["--demo-latency-scale", "30"]), logs.path(), "w");
+    let worker = Service::spawn(consumer(&redis, &sink, queue, "w", &["--demo-latency-scale", "30"]), logs.path(), "w");
     let addr = worker.listen_addr();
     enqueue(traced("producer", &redis, &sink, "test-producer"), queue, "demo", "{}", 1);
     let mut conn = redis.conn();

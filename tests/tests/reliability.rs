@@ -31,11 +31,7 @@ async fn a_worker_killed_with_sigkill_loses_no_job() {
     let flags = ["--concurrency", "64", "--visibility-timeout", "1s", "--demo-latency-scale", "0.05"];
     let mut workers: Vec<_> = (0..3)
         .map(|i| {
-            ConsumerProcess::spawn(
-                consumer(&redis, &sink, queue, &format!("w{i}"), &flags),
-                logs.path(),
-                &format!("w{i}"),
-            )
+            Service::spawn(consumer(&redis, &sink, queue, &format!("w{i}"), &flags), logs.path(), &format!("w{i}"))
         })
         .collect();
     let jobs = enqueue(producer(&redis, &sink), queue, "demo", "{}", 3000);
@@ -71,7 +67,7 @@ async fn sigterm_under_load_finishes_running_jobs_and_loses_none() {
     let logs = tempfile::tempdir().unwrap();
     let queue = "drain";
     let flags = ["--concurrency", "16", "--demo-latency-scale", "0.5"];
-    let stopping = ConsumerProcess::spawn(consumer(&redis, &sink, queue, "stopping", &flags), logs.path(), "stopping");
+    let stopping = Service::spawn(consumer(&redis, &sink, queue, "stopping", &flags), logs.path(), "stopping");
     let jobs = enqueue(producer(&redis, &sink), queue, "demo", "{}", 400);
     let mut conn = redis.conn();
     wait_until(Duration::from_secs(60), "some jobs to finish", || done_counts(&mut conn, queue).len() >= 50);
@@ -79,7 +75,7 @@ async fn sigterm_under_load_finishes_running_jobs_and_loses_none() {
     assert_eq!(stopping.terminate(), Some(0), "a drained worker exits 0");
     assert_eq!(pending(&mut conn, queue, "workers"), 0, "the stopped worker finished and acknowledged all it held");
 
-    let other = ConsumerProcess::spawn(consumer(&redis, &sink, queue, "other", &flags), logs.path(), "other");
+    let other = Service::spawn(consumer(&redis, &sink, queue, "other", &flags), logs.path(), "other");
     wait_until(Duration::from_secs(60), "every job to finish", || done_counts(&mut conn, queue).len() == jobs.len());
     assert_eq!(other.terminate(), Some(0));
     let done = done_counts(&mut conn, queue);
@@ -95,8 +91,8 @@ async fn a_job_slower_than_the_visibility_timeout_is_not_stolen_from_a_live_work
     let queue = "slow";
     // Each demo job takes about 2.1 s here, four times the visibility timeout.
     let flags = ["--concurrency", "1", "--visibility-timeout", "500ms", "--demo-latency-scale", "15"];
-    let a = ConsumerProcess::spawn(consumer(&redis, &sink, queue, "a", &flags), logs.path(), "a");
-    let b = ConsumerProcess::spawn(consumer(&redis, &sink, queue, "b", &flags), logs.path(), "b");
+    let a = Service::spawn(consumer(&redis, &sink, queue, "a", &flags), logs.path(), "a");
+    let b = Service::spawn(consumer(&redis, &sink, queue, "b", &flags), logs.path(), "b");
     let jobs = enqueue(producer(&redis, &sink), queue, "demo", "{}", 3);
     let mut conn = redis.conn();
     wait_until(Duration::from_secs(60), "the slow jobs to finish", || done_counts(&mut conn, queue).len() == 3);
@@ -120,7 +116,7 @@ async fn always_failing_jobs_back_off_then_go_to_the_dead_stream() {
     let queue = "doomed";
     let flags =
         ["--demo-failure-rate", "1", "--max-attempts", "3", "--retry-base-delay", "200ms", "--retry-max-delay", "10s"];
-    let worker = ConsumerProcess::spawn(consumer(&redis, &sink, queue, "w", &flags), logs.path(), "w");
+    let worker = Service::spawn(consumer(&redis, &sink, queue, "w", &flags), logs.path(), "w");
     let jobs = enqueue(producer(&redis, &sink), queue, "demo", r#"{"n":1}"#, 2);
     let mut conn = redis.conn();
     let dead_key = format!("jobstream:{{{queue}}}:dead");
@@ -181,7 +177,7 @@ async fn always_failing_jobs_back_off_then_go_to_the_dead_stream() {
     assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
     assert_eq!(String::from_utf8_lossy(&replay.stdout).lines().count(), 2);
     assert_eq!(xlen(&mut conn, &dead_key), 0, "replayed entries leave the dead stream");
-    let healthy = ConsumerProcess::spawn(consumer(&redis, &sink, queue, "healthy", &[]), logs.path(), "healthy");
+    let healthy = Service::spawn(consumer(&redis, &sink, queue, "healthy", &[]), logs.path(), "healthy");
     wait_until(Duration::from_secs(30), "the replayed jobs to run", || done_counts(&mut conn, queue).len() == 2);
     assert_eq!(healthy.terminate(), Some(0));
     let spans = sink
@@ -212,7 +208,7 @@ async fn stats_report_length_lag_pending_and_dead() {
     let sink = OtlpSink::start().await.unwrap();
     let logs = tempfile::tempdir().unwrap();
     let queue = "counted";
-    let worker = ConsumerProcess::spawn(consumer(&redis, &sink, queue, "w", &[]), logs.path(), "w");
+    let worker = Service::spawn(consumer(&redis, &sink, queue, "w", &[]), logs.path(), "w");
     let mut conn = redis.conn();
     let bad: Vec<(&str, &[u8])> = vec![("v", b"7")];
     xadd_raw(&mut conn, queue, &bad);
@@ -248,7 +244,7 @@ async fn malformed_entries_are_dead_lettered_or_run_and_never_crash_the_worker()
     let sink = OtlpSink::start().await.unwrap();
     let logs = tempfile::tempdir().unwrap();
     let queue = "garbage";
-    let worker = ConsumerProcess::spawn(consumer(&redis, &sink, queue, "w", &[]), logs.path(), "w");
+    let worker = Service::spawn(consumer(&redis, &sink, queue, "w", &[]), logs.path(), "w");
     let mut conn = redis.conn();
     let with = |changes: &[(&str, &str)], drop: &[&str]| -> Vec<(String, String)> {
         let mut fields: Vec<(String, String)> =
@@ -339,11 +335,7 @@ async fn redis_killed_and_restarted_with_aof_loses_no_acknowledged_job() {
     let flags = ["--concurrency", "32", "--demo-latency-scale", "0.1", "--visibility-timeout", "2s"];
     let workers: Vec<_> = (0..2)
         .map(|i| {
-            ConsumerProcess::spawn(
-                consumer(&redis, &sink, queue, &format!("w{i}"), &flags),
-                logs.path(),
-                &format!("w{i}"),
-            )
+            Service::spawn(consumer(&redis, &sink, queue, &format!("w{i}"), &flags), logs.path(), &format!("w{i}"))
         })
         .collect();
     let mut jobs = enqueue(producer(&redis, &sink), queue, "demo", "{}", 1000);
@@ -380,7 +372,7 @@ async fn a_restart_without_persistence_recreates_the_group() {
     let sink = OtlpSink::start().await.unwrap();
     let logs = tempfile::tempdir().unwrap();
     let queue = "amnesia";
-    let worker = ConsumerProcess::spawn(consumer(&redis, &sink, queue, "w", &[]), logs.path(), "w");
+    let worker = Service::spawn(consumer(&redis, &sink, queue, "w", &[]), logs.path(), "w");
     let first = enqueue(producer(&redis, &sink), queue, "noop", "{}", 1);
     let mut conn = redis.conn();
     wait_until(Duration::from_secs(30), "the first job", || {
