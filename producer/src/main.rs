@@ -4,6 +4,7 @@ mod admin;
 mod cli;
 mod demo;
 mod enqueue;
+mod load;
 mod serve;
 
 use std::time::Duration;
@@ -18,6 +19,12 @@ async fn main() -> anyhow::Result<()> {
         cli::Command::Enqueue(args) => {
             let telemetry = telemetry::init("jobstream-producer")?;
             let result = enqueue::run(args).await;
+            telemetry.shutdown(Duration::from_secs(10)).await;
+            result
+        }
+        cli::Command::Load(args) => {
+            let telemetry = telemetry::init("jobstream-producer")?;
+            let result = load::run(args).await;
             telemetry.shutdown(Duration::from_secs(10)).await;
             result
         }

@@ -168,6 +168,11 @@ impl Keys {
         format!("{}:idem:{}", self.stream, key.0)
     }
 
+    /// The hash a load test's latency probes are published to: `<prefix>:{Q}:load:<run>`.
+    pub fn load_run(&self, run: &str) -> String {
+        format!("{}:load:{run}", self.stream)
+    }
+
     /// The key under which a job's result is stored by the shipped job kinds.
     pub fn result(&self, job_id: &str) -> String {
         format!("{}{job_id}", self.result_prefix)

@@ -16,6 +16,7 @@ pub mod health;
 pub mod job;
 pub mod keys;
 pub mod limits;
+pub mod loadprobe;
 pub mod metrics;
 pub mod otlp_sink;
 pub mod propagation;

@@ -88,7 +88,7 @@ pub async fn ack<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
     group: &GroupName,
-    ids: &[String],
+    ids: &[impl redis::ToRedisArgs + Sync],
 ) -> redis::RedisResult<u64> {
     redis::cmd("XACK").arg(&keys.stream).arg(group.as_str()).arg(ids).query_async(conn).await
 }

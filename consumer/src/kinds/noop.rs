@@ -1,12 +1,26 @@
-//! `noop`: does nothing but record that it ran. For load tests.
+//! `noop`: does nothing but, unless its payload says `"record": false`, record that it ran. For load tests
+//! (the load generator sends `{"record": false}`, so a run costs Redis nothing beyond the queue's own work).
 
 use deadpool_redis::Pool;
 use jobstream::{results, Job, JobFailure, JobHandler, Keys};
+use serde::Deserialize;
 
 /// The `noop` handler.
 pub struct Noop {
     pool: Pool,
     keys: Keys,
+}
+
+/// What a `noop` payload may say; other fields are ignored.
+#[derive(Deserialize)]
+struct NoopPayload {
+    /// Count the run in the queue's `done` hash (so a test can check every job ran once).
+    #[serde(default = "yes")]
+    record: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Noop {
@@ -18,6 +32,11 @@ impl Noop {
 
 impl JobHandler for Noop {
     async fn handle(&self, job: Job) -> Result<(), JobFailure> {
-        results::record_done(&self.pool, &self.keys, &job.id).await
+        // Any payload is accepted; only an object with `"record": false` turns recording off.
+        let record = job.payload.deserialize::<NoopPayload>().map_or(true, |p| p.record);
+        if record {
+            results::record_done(&self.pool, &self.keys, &job.id).await?;
+        }
+        Ok(())
     }
 }

@@ -3,6 +3,7 @@
 //! unreachable the ids are kept and sent again with back-off; ids still unsent when the worker gives up stay
 //! pending and are redelivered (at-least-once).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_redis::Pool;
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::keys::{GroupName, Keys};
+use crate::loadprobe::{Mark, Probes};
 use crate::queue;
 
 /// Most ids in one XACK.
@@ -18,12 +20,13 @@ const MAX_BATCH: usize = 1024;
 
 /// Sends ids of successful jobs to the acknowledging task.
 #[derive(Clone)]
-pub(crate) struct AckSender(mpsc::UnboundedSender<String>);
+pub(crate) struct AckSender(mpsc::UnboundedSender<(String, Option<Mark>)>);
 
 impl AckSender {
-    /// Queues one id for acknowledgement. Fails only after the acker stopped.
-    pub(crate) fn send(&self, id: String) -> bool {
-        self.0.send(id).is_ok()
+    /// Queues one id for acknowledgement, with the job's load-test mark if it has one. Fails only after the
+    /// acker stopped.
+    pub(crate) fn send(&self, id: String, mark: Option<Mark>) -> bool {
+        self.0.send((id, mark)).is_ok()
     }
 }
 
@@ -33,10 +36,11 @@ pub(crate) fn spawn(
     pool: Pool,
     keys: Keys,
     group: GroupName,
+    probes: Arc<Probes>,
     give_up: CancellationToken,
 ) -> (AckSender, tokio::task::JoinHandle<u64>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run(pool, keys, group, rx, give_up));
+    let task = tokio::spawn(run(pool, keys, group, probes, rx, give_up));
     (AckSender(tx), task)
 }
 
@@ -44,22 +48,25 @@ async fn run(
     pool: Pool,
     keys: Keys,
     group: GroupName,
-    mut rx: mpsc::UnboundedReceiver<String>,
+    probes: Arc<Probes>,
+    mut rx: mpsc::UnboundedReceiver<(String, Option<Mark>)>,
     give_up: CancellationToken,
 ) -> u64 {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<(String, Option<Mark>)> = Vec::with_capacity(MAX_BATCH);
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     let mut unsent = 0;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         loop {
+            let ids: Vec<&str> = batch.iter().map(|(id, _)| id.as_str()).collect();
             let sent = async {
                 let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-                queue::ack(&mut conn, &keys, &group, &batch).await.map_err(|e| e.to_string())
+                queue::ack(&mut conn, &keys, &group, &ids).await.map_err(|e| e.to_string())
             }
             .await;
             match sent {
                 Ok(_) => {
                     backoff.reset();
+                    probes.acked(batch.iter().filter_map(|(_, mark)| mark.as_ref()));
                     batch.clear();
                     break;
                 }

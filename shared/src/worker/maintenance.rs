@@ -1,5 +1,6 @@
 //! The worker's background duties besides reading: moving due retries from the delayed set back to the stream,
-//! and renewing the claim on jobs still running so no other worker reclaims them. Both stop on shutdown.
+//! renewing the claim on jobs still running so no other worker reclaims them, trimming old entries, and
+//! publishing load-test latency probes. All stop on shutdown.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -9,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use crate::backoff::Backoff;
-use crate::queue;
+use crate::{loadprobe, queue};
 
 /// Jobs moved by one run of the promotion script.
 const PROMOTE_BATCH: usize = 256;
@@ -125,6 +126,34 @@ pub(crate) async fn trim(shared: Arc<Shared>, every: Duration, stop: Cancellatio
             Ok((0, 0)) => {}
             Ok((stream, dead)) => tracing::debug!(stream, dead, "trimmed old entries"),
             Err(error) => tracing::debug!(%error, "trimming failed; will try again"),
+        }
+    }
+}
+
+/// Publishes the load-test probe histograms that changed, every [`loadprobe::PUBLISH_EVERY`] and once more
+/// when `stop` is cancelled (after the last acknowledgements).
+pub(crate) async fn publish_probes(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let last = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = tokio::time::sleep(loadprobe::PUBLISH_EVERY) => false,
+        };
+        let snapshots = shared.probes.changed();
+        if !snapshots.is_empty() {
+            let published = async {
+                let mut conn = shared.pool.get().await.map_err(|e| e.to_string())?;
+                loadprobe::publish(&mut conn, &shared.keys, &shared.config.consumer, &snapshots)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            match published {
+                Ok(()) => shared.probes.published(&snapshots),
+                Err(error) => tracing::debug!(%error, "publishing load-test latencies failed; will try again"),
+            }
+        }
+        if last {
+            return;
         }
     }
 }

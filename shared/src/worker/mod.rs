@@ -25,6 +25,7 @@ use crate::backoff::Backoff;
 use crate::handler::Handlers;
 use crate::keys::{GroupName, Keys};
 use crate::limits::Limits;
+use crate::loadprobe::Probes;
 use crate::metrics::{Metrics, QueueLabels};
 use crate::queue::{self, Delivery};
 use crate::retry::RetryPolicy;
@@ -162,6 +163,7 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<WorkerStats>,
     pub(crate) in_flight: maintenance::InFlight,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) probes: Arc<Probes>,
 }
 
 /// One consumer of a queue's consumer group.
@@ -181,6 +183,7 @@ impl Worker {
                 stats: Arc::default(),
                 in_flight: maintenance::InFlight::default(),
                 metrics: Arc::default(),
+                probes: Arc::default(),
             }),
         }
     }
@@ -212,13 +215,20 @@ impl Worker {
             return Err(WorkerError::Zero);
         }
         let give_up_acks = CancellationToken::new();
-        let (acks, acker) =
-            acker::spawn(shared.pool.clone(), shared.keys.clone(), config.group.clone(), give_up_acks.clone());
+        let (acks, acker) = acker::spawn(
+            shared.pool.clone(),
+            shared.keys.clone(),
+            config.group.clone(),
+            shared.probes.clone(),
+            give_up_acks.clone(),
+        );
         let maintenance_stop = CancellationToken::new();
         let promoter = tokio::spawn(maintenance::promote(shared.clone(), PROMOTE_EVERY, maintenance_stop.clone()));
         let renewer =
             tokio::spawn(maintenance::renew(shared.clone(), config.visibility_timeout / 3, maintenance_stop.clone()));
         let trimmer = tokio::spawn(maintenance::trim(shared.clone(), TRIM_EVERY, maintenance_stop.clone()));
+        let probe_stop = CancellationToken::new();
+        let prober = tokio::spawn(maintenance::publish_probes(shared.clone(), probe_stop.clone()));
         let permits = Arc::new(Semaphore::new(config.concurrency));
         let tasks = TaskTracker::new();
         let mut reader = Reader::new(&shared);
@@ -282,6 +292,8 @@ impl Worker {
         if unsent > 0 {
             tracing::warn!(unsent, "acknowledgements not sent; those jobs will be redelivered");
         }
+        probe_stop.cancel();
+        let _ = prober.await;
         tracing::info!("worker stopped");
         Ok(())
     }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::handler::JobFailure;
 use crate::job::{fields_from_redis, Job};
+use crate::loadprobe::Mark;
 use crate::metrics::{DeadLabels, QueueLabels};
 use crate::propagation::{self, ContextStatus, TraceHeaders};
 use crate::queue::{self, DeadLetter, DeadReason, Delivery};
@@ -34,6 +35,7 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
     let decoded =
         fields_from_redis(delivery.fields.clone()).and_then(|fields| Job::from_fields(fields, &shared.config.limits));
     let span = process_span(shared, &delivery, decoded.as_ref().ok());
+    let mark = decoded.as_ref().ok().and_then(|job| shared.probes.mark(job));
     let trace = match &decoded {
         Ok(job) => job.trace.clone(),
         Err(_) => raw_trace_headers(&delivery),
@@ -68,16 +70,19 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
                 delivery.delivery_count, shared.config.max_deliveries
             ),
         ),
-        Ok(job) => run_handler(shared, job, &span).await,
+        Ok(job) => run_handler(shared, job, &span, mark.as_ref()).await,
     };
-    settle(shared, &delivery, outcome, &span, acks).await;
+    settle(shared, &delivery, outcome, &span, acks, mark).await;
     shared.in_flight.remove(&delivery.message_id);
     in_flight.dec();
     shared.stats.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-async fn run_handler(shared: &Shared, job: Job, span: &tracing::Span) -> Outcome {
+async fn run_handler(shared: &Shared, job: Job, span: &tracing::Span, mark: Option<&Mark>) -> Outcome {
     let (kind, attempt) = (job.kind.clone(), job.attempt);
+    if let Some(mark) = mark.filter(|_| attempt == 1) {
+        shared.probes.started(mark);
+    }
     let wait = Duration::from_millis(crate::clock::now_ms().saturating_sub(job.enqueued_at_ms));
     let started = Instant::now();
     let future = match shared.handlers.dispatch(job) {
@@ -98,14 +103,21 @@ async fn run_handler(shared: &Shared, job: Job, span: &tracing::Span) -> Outcome
     }
 }
 
-async fn settle(shared: &Shared, delivery: &Delivery, outcome: Outcome, span: &tracing::Span, acks: &AckSender) {
+async fn settle(
+    shared: &Shared,
+    delivery: &Delivery,
+    outcome: Outcome,
+    span: &tracing::Span,
+    acks: &AckSender,
+    mark: Option<Mark>,
+) {
     let stats = &shared.stats;
     match outcome {
         Outcome::Succeeded => {
             WorkerStats::add(&stats.succeeded, 1);
             shared.metrics.settled(shared.keys.queue().as_str(), kind_of(shared, delivery), "succeeded");
             span.add_event("settle", vec![KeyValue::new(semconv::SETTLE_OUTCOME, "ack")]);
-            if !acks.send(delivery.message_id.clone()) {
+            if !acks.send(delivery.message_id.clone(), mark) {
                 tracing::warn!(parent: span, message_id = %delivery.message_id, "acker stopped; job stays pending");
             }
         }
