@@ -20,6 +20,11 @@ use crate::kinds::demo::{Demo, DemoSettings};
 use crate::kinds::fanout::Fanout;
 use crate::kinds::noop::Noop;
 
+/// jemalloc: the job path allocates small, short-lived objects on many threads (and spans are freed on the
+/// exporter's thread), where glibc's malloc spent a quarter of the consumer's CPU (see bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();

@@ -25,6 +25,18 @@ pub struct JobLabels {
     pub kind: String,
 }
 
+/// Handles on the metrics every job of one (queue, kind) updates: they share storage with the families, so
+/// updating them costs no label allocation or family lookup.
+#[derive(Clone, Debug)]
+pub struct KindHandles {
+    /// `jobstream_processing_duration_seconds`.
+    pub processing: Histogram,
+    /// `jobstream_queue_wait_seconds`.
+    pub queue_wait: Histogram,
+    /// `jobstream_jobs_total{outcome="succeeded"}`.
+    pub succeeded: Counter,
+}
+
 /// Labels of job outcomes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -171,6 +183,17 @@ impl Metrics {
         self.jobs
             .get_or_create(&OutcomeLabels { queue: queue.into(), kind: kind.into(), outcome: outcome.into() })
             .inc();
+    }
+
+    /// The hot-path metrics of one queue and job kind, resolved once.
+    pub fn kind_handles(&self, queue: &str, kind: &str) -> KindHandles {
+        let labels = JobLabels { queue: queue.into(), kind: kind.into() };
+        let outcome = OutcomeLabels { queue: queue.into(), kind: kind.into(), outcome: "succeeded".into() };
+        KindHandles {
+            processing: self.processing.get_or_create(&labels).clone(),
+            queue_wait: self.queue_wait.get_or_create(&labels).clone(),
+            succeeded: self.jobs.get_or_create(&outcome).clone(),
+        }
     }
 
     /// Records a handler's run time and the job's wait before it.

@@ -59,7 +59,15 @@ impl ReceivedSpan {
     }
 }
 
-type Store = Arc<Mutex<Vec<ReceivedSpan>>>;
+/// What the receiver keeps: every span, or (for benchmarks) only their number.
+#[derive(Default)]
+struct Spans {
+    kept: Mutex<Vec<ReceivedSpan>>,
+    keep: bool,
+    received: std::sync::atomic::AtomicU64,
+}
+
+type Store = Arc<Spans>;
 
 /// The running receiver. Stops when dropped.
 pub struct OtlpSink {
@@ -70,12 +78,18 @@ pub struct OtlpSink {
 }
 
 impl OtlpSink {
-    /// Starts both endpoints on free loopback ports.
+    /// Starts both endpoints on free loopback ports, keeping every span received.
     pub async fn start() -> std::io::Result<Self> {
-        let spans = Store::default();
+        Self::start_on(true, "127.0.0.1:0", "127.0.0.1:0").await
+    }
+
+    /// Starts the endpoints on the given addresses; with `keep` false spans are decoded and counted but not
+    /// kept, so a long benchmark does not grow the receiver.
+    pub async fn start_on(keep: bool, http: &str, grpc: &str) -> std::io::Result<Self> {
+        let spans = Arc::new(Spans { keep, ..Spans::default() });
         let stop = CancellationToken::new();
 
-        let http_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let http_listener = TcpListener::bind(http).await?;
         let http = http_listener.local_addr()?;
         let app = axum::Router::new()
             .route("/v1/traces", axum::routing::post(http_export))
@@ -86,7 +100,7 @@ impl OtlpSink {
             let _ = axum::serve(http_listener, app).with_graceful_shutdown(token.cancelled_owned()).await;
         });
 
-        let grpc_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let grpc_listener = TcpListener::bind(grpc).await?;
         let grpc = grpc_listener.local_addr()?;
         let service = TraceServiceServer::new(GrpcSink(spans.clone())).max_decoding_message_size(64 * 1024 * 1024);
         let token = stop.clone();
@@ -110,9 +124,14 @@ impl OtlpSink {
         format!("http://{}", self.grpc)
     }
 
-    /// Every span received so far.
+    /// Every span received so far (none when started not to keep them).
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.spans.lock().expect("span store poisoned").clone()
+        self.spans.kept.lock().expect("span store poisoned").clone()
+    }
+
+    /// How many spans were received so far.
+    pub fn received(&self) -> u64 {
+        self.spans.received.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits until `done` holds for the spans received, polling every 20 ms; on time-out returns what arrived.
@@ -166,7 +185,12 @@ impl TraceService for GrpcSink {
 }
 
 fn store(spans: &Store, request: ExportTraceServiceRequest) {
-    let mut out = Vec::new();
+    let count: usize = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|scope| scope.spans.len()).sum();
+    spans.received.fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
+    if !spans.keep {
+        return;
+    }
+    let mut out = Vec::with_capacity(count);
     for resource_spans in request.resource_spans {
         let resource = resource_spans.resource.map(|r| attributes(&r.attributes)).unwrap_or_default();
         let service_name = resource.get("service.name").cloned().unwrap_or_default();
@@ -202,7 +226,7 @@ fn store(spans: &Store, request: ExportTraceServiceRequest) {
             }
         }
     }
-    spans.lock().expect("span store poisoned").extend(out);
+    spans.kept.lock().expect("span store poisoned").extend(out);
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{BatchConfig, BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -127,6 +127,9 @@ pub struct TelemetrySettings {
     pub export: Export,
     /// Base URL of the collector (`http://host:4318` or `http://host:4317`); `None` reads the `OTEL_*` variables.
     pub endpoint: Option<String>,
+    /// Finished spans buffered for export unless `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise; a full buffer drops
+    /// spans. A load generator, which makes spans in bursts, wants more than a service.
+    pub span_queue: usize,
 }
 
 impl TelemetrySettings {
@@ -137,6 +140,7 @@ impl TelemetrySettings {
             log_format: LogFormat::from_env()?,
             export: Export::from_env()?,
             endpoint: None,
+            span_queue: DEFAULT_SPAN_QUEUE,
         })
     }
 }
@@ -186,6 +190,24 @@ fn filter(var: &'static str, default: &str) -> Result<EnvFilter, TelemetryError>
     EnvFilter::builder().parse(spec).map_err(|source| TelemetryError::Filter { var, source })
 }
 
+/// Spans buffered for export when `OTEL_BSP_MAX_QUEUE_SIZE` is not set. The SDK's default (2,048) overflows,
+/// dropping spans, at a few thousand jobs per second; 8,192 finished `process` spans take about 16 MB.
+pub const DEFAULT_SPAN_QUEUE: usize = 8_192;
+/// Spans per export request when `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` is not set (the SDK's default is 512).
+const DEFAULT_EXPORT_BATCH: usize = 2_048;
+
+/// The batch span processor's settings: `OTEL_BSP_*` where set, else jobstream's defaults above.
+fn batch_config(span_queue: usize) -> BatchConfig {
+    let mut config = BatchConfigBuilder::default();
+    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        config = config.with_max_queue_size(span_queue);
+    }
+    if std::env::var_os("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none() {
+        config = config.with_max_export_batch_size(DEFAULT_EXPORT_BATCH);
+    }
+    config.build()
+}
+
 fn provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, TelemetryError> {
     let mut resource = Resource::builder();
     let named_by_env = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
@@ -204,14 +226,18 @@ fn provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, Telemetry
             if let Some(base) = endpoint {
                 exporter = exporter.with_endpoint(format!("{base}/v1/traces"));
             }
-            builder.with_batch_exporter(exporter.build()?)
+            builder.with_span_processor(
+                BatchSpanProcessor::builder(exporter.build()?).with_batch_config(batch_config(settings.span_queue)).build(),
+            )
         }
         Export::Grpc => {
             let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
             if let Some(base) = endpoint {
                 exporter = exporter.with_endpoint(base.to_owned());
             }
-            builder.with_batch_exporter(exporter.build()?)
+            builder.with_span_processor(
+                BatchSpanProcessor::builder(exporter.build()?).with_batch_config(batch_config(settings.span_queue)).build(),
+            )
         }
     };
     Ok(builder.build())

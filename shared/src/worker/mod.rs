@@ -26,7 +26,7 @@ use crate::handler::Handlers;
 use crate::keys::{GroupName, Keys};
 use crate::limits::Limits;
 use crate::loadprobe::Probes;
-use crate::metrics::{Metrics, QueueLabels};
+use crate::metrics::{KindHandles, Metrics, QueueLabels};
 use crate::queue::{self, Delivery};
 use crate::retry::RetryPolicy;
 
@@ -164,6 +164,24 @@ pub(crate) struct Shared {
     pub(crate) in_flight: maintenance::InFlight,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) probes: Arc<Probes>,
+    /// Metric handles of every registered kind, and the in-flight gauge, resolved once.
+    pub(crate) hot: HotMetrics,
+}
+
+/// Metric handles the job path updates for every job.
+pub(crate) struct HotMetrics {
+    pub(crate) kinds: std::collections::HashMap<String, KindHandles>,
+    pub(crate) in_flight: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl HotMetrics {
+    fn new(metrics: &Metrics, keys: &Keys, handlers: &Handlers) -> Self {
+        let queue = keys.queue().as_str();
+        Self {
+            kinds: handlers.kinds().iter().map(|k| (k.to_string(), metrics.kind_handles(queue, k))).collect(),
+            in_flight: metrics.in_flight.get_or_create(&QueueLabels { queue: queue.to_owned() }).clone(),
+        }
+    }
 }
 
 /// One consumer of a queue's consumer group.
@@ -174,6 +192,8 @@ pub struct Worker {
 impl Worker {
     /// A worker for the queue whose keys are `keys`.
     pub fn new(pool: Pool, keys: Keys, handlers: Handlers, config: WorkerConfig) -> Self {
+        let metrics = Arc::<Metrics>::default();
+        let hot = HotMetrics::new(&metrics, &keys, &handlers);
         Self {
             shared: Arc::new(Shared {
                 pool,
@@ -182,15 +202,18 @@ impl Worker {
                 handlers,
                 stats: Arc::default(),
                 in_flight: maintenance::InFlight::default(),
-                metrics: Arc::default(),
+                metrics,
                 probes: Arc::default(),
+                hot,
             }),
         }
     }
 
     /// Records into `metrics` instead of a private registry.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        Arc::get_mut(&mut self.shared).expect("not running yet").metrics = metrics;
+        let shared = Arc::get_mut(&mut self.shared).expect("not running yet");
+        shared.hot = HotMetrics::new(&metrics, &shared.keys, &shared.handlers);
+        shared.metrics = metrics;
         self
     }
 

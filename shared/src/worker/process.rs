@@ -1,6 +1,9 @@
 //! One delivery, start to finish: decode it, open the `process` span that continues the entry's trace, run
 //! the handler inside it, and settle the outcome (acknowledge, leave pending, or dead-letter).
 
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt as _;
 use opentelemetry::trace::{Status, TraceContextExt};
 use opentelemetry::KeyValue;
 use tracing::field::Empty;
@@ -14,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::handler::JobFailure;
 use crate::job::{fields_from_redis, Job};
 use crate::loadprobe::Mark;
-use crate::metrics::{DeadLabels, QueueLabels};
+use crate::metrics::DeadLabels;
 use crate::propagation::{self, ContextStatus, TraceHeaders};
 use crate::queue::{self, DeadLetter, DeadReason, Delivery};
 use crate::semconv;
@@ -57,8 +60,7 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
     }
 
     shared.stats.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let in_flight =
-        shared.metrics.in_flight.get_or_create(&QueueLabels { queue: shared.keys.queue().to_string() }).clone();
+    let in_flight = &shared.hot.in_flight;
     in_flight.inc();
     shared.in_flight.insert(&delivery.message_id);
     let outcome = match decoded {
@@ -89,14 +91,20 @@ async fn run_handler(shared: &Shared, job: Job, span: &tracing::Span, mark: Opti
         Some(future) => future,
         None => return Outcome::Dead(DeadReason::UnknownKind, format!("no handler for kind {:?}", kind.as_str())),
     };
-    // Its own task, so that a panicking handler fails its job instead of the worker.
-    let result = tokio::spawn(future.instrument(span.clone())).await;
-    shared.metrics.timed(shared.keys.queue().as_str(), kind.as_str(), started.elapsed(), wait);
+    // A panicking handler fails its job instead of the worker; caught in place, which costs less than a task.
+    let result = AssertUnwindSafe(future.instrument(span.clone())).catch_unwind().await;
+    match shared.hot.kinds.get(kind.as_str()) {
+        Some(hot) => {
+            hot.processing.observe(started.elapsed().as_secs_f64());
+            hot.queue_wait.observe(wait.as_secs_f64());
+        }
+        None => shared.metrics.timed(shared.keys.queue().as_str(), kind.as_str(), started.elapsed(), wait),
+    }
     match result {
         Ok(Ok(())) => Outcome::Succeeded,
         Ok(Err(failure)) => Outcome::Failed { failure, kind: kind.as_str().to_owned(), attempt },
-        Err(join) => {
-            let message = if join.is_panic() { "handler panicked" } else { "handler was cancelled" };
+        Err(_panic) => {
+            let message = "handler panicked";
             tracing::error!(parent: span, kind = %kind, "{message}");
             Outcome::Failed { failure: JobFailure::new("panic", message), kind: kind.as_str().to_owned(), attempt }
         }
@@ -115,7 +123,12 @@ async fn settle(
     match outcome {
         Outcome::Succeeded => {
             WorkerStats::add(&stats.succeeded, 1);
-            shared.metrics.settled(shared.keys.queue().as_str(), kind_of(shared, delivery), "succeeded");
+            match shared.hot.kinds.get(kind_of(shared, delivery)) {
+                Some(hot) => {
+                    hot.succeeded.inc();
+                }
+                None => shared.metrics.settled(shared.keys.queue().as_str(), kind_of(shared, delivery), "succeeded"),
+            }
             span.add_event("settle", vec![KeyValue::new(semconv::SETTLE_OUTCOME, "ack")]);
             if !acks.send(delivery.message_id.clone(), mark) {
                 tracing::warn!(parent: span, message_id = %delivery.message_id, "acker stopped; job stays pending");

@@ -1,0 +1,28 @@
+//! A local OTLP trace receiver that counts spans and keeps none: the export target of the benchmarks.
+//!
+//! `otlp_counter [HTTP_ADDR] [GRPC_ADDR]` (defaults 127.0.0.1:4318 and 127.0.0.1:4317) serves
+//! `POST /v1/traces` (http/protobuf) and the gRPC trace service, decoding every request like a collector would,
+//! prints `spans <n>` to stdout every second, and exits on SIGTERM or SIGINT.
+
+use std::time::Duration;
+
+use jobstream::otlp_sink::OtlpSink;
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let http = args.next().unwrap_or_else(|| "127.0.0.1:4318".to_owned());
+    let grpc = args.next().unwrap_or_else(|| "127.0.0.1:4317".to_owned());
+    let sink = OtlpSink::start_on(false, &http, &grpc).await?;
+    eprintln!("receiving OTLP on {} (http/protobuf) and {} (grpc)", sink.http_endpoint(), sink.grpc_endpoint());
+    let stop = jobstream::shutdown::on_signals()?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => println!("spans {}", sink.received()),
+        }
+    }
+    println!("spans {}", sink.received());
+    Ok(())
+}
