@@ -18,7 +18,8 @@ USER 10001:10001
 ENTRYPOINT ["consumer"]
 
 FROM base AS prebuilt
-COPY target/release/producer target/release/consumer /usr/local/bin/
+ARG PROFILE=release
+COPY target/${PROFILE}/producer target/${PROFILE}/consumer /usr/local/bin/
 
 FROM ${BUILDER_IMAGE} AS builder
 WORKDIR /src

@@ -29,8 +29,8 @@ async fn main() -> anyhow::Result<()> {
         }
         cli::Command::Load(args) => {
             let mut settings = telemetry::TelemetrySettings::from_env("jobstream-producer")?;
-            // Bursts of up to a few seconds at full speed: ~100,000 jobs/s, one `send` span each.
-            settings.span_queue = 1 << 18;
+            // Bursts at full speed (~100,000 jobs/s, one `send` span each) outrun the exporter: buffer ~64 MB of spans.
+            settings.span_queue = 1 << 16;
             let telemetry = telemetry::init_with(settings)?;
             let result = load::run(args).await;
             telemetry.shutdown(Duration::from_secs(10)).await;

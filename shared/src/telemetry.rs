@@ -227,7 +227,9 @@ fn provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, Telemetry
                 exporter = exporter.with_endpoint(format!("{base}/v1/traces"));
             }
             builder.with_span_processor(
-                BatchSpanProcessor::builder(exporter.build()?).with_batch_config(batch_config(settings.span_queue)).build(),
+                BatchSpanProcessor::builder(exporter.build()?)
+                    .with_batch_config(batch_config(settings.span_queue))
+                    .build(),
             )
         }
         Export::Grpc => {
@@ -236,7 +238,9 @@ fn provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, Telemetry
                 exporter = exporter.with_endpoint(base.to_owned());
             }
             builder.with_span_processor(
-                BatchSpanProcessor::builder(exporter.build()?).with_batch_config(batch_config(settings.span_queue)).build(),
+                BatchSpanProcessor::builder(exporter.build()?)
+                    .with_batch_config(batch_config(settings.span_queue))
+                    .build(),
             )
         }
     };
