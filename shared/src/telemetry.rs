@@ -193,17 +193,14 @@ fn filter(var: &'static str, default: &str) -> Result<EnvFilter, TelemetryError>
 /// Spans buffered for export when `OTEL_BSP_MAX_QUEUE_SIZE` is not set. The SDK's default (2,048) overflows,
 /// dropping spans, at a few thousand jobs per second; 8,192 finished `process` spans take about 16 MB.
 pub const DEFAULT_SPAN_QUEUE: usize = 8_192;
-/// Spans per export request when `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` is not set (the SDK's default is 512).
-const DEFAULT_EXPORT_BATCH: usize = 2_048;
 
-/// The batch span processor's settings: `OTEL_BSP_*` where set, else jobstream's defaults above.
+/// The batch span processor's settings: `OTEL_BSP_*` where set, else the SDK's defaults but for the queue.
+/// Export requests stay at the SDK's 512 spans: larger ones (2,048 was tried) make CPU bursts on the exporter
+/// thread that doubled the p99 queue latency at 5,000 jobs/s on a 2-core machine (bench/README.md).
 fn batch_config(span_queue: usize) -> BatchConfig {
     let mut config = BatchConfigBuilder::default();
     if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
         config = config.with_max_queue_size(span_queue);
-    }
-    if std::env::var_os("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none() {
-        config = config.with_max_export_batch_size(DEFAULT_EXPORT_BATCH);
     }
     config.build()
 }
