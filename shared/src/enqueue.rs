@@ -56,12 +56,15 @@ pub struct Producer {
     keys: Keys,
     limits: Limits,
     metrics: Arc<Metrics>,
+    /// `send <Q>`, made once.
+    span_name: Arc<str>,
 }
 
 impl Producer {
     /// A producer for the queue whose keys are `keys`.
     pub fn new(pool: Pool, keys: Keys, limits: Limits) -> Self {
-        Self { pool, keys, limits, metrics: Arc::default() }
+        let span_name = format!("send {}", keys.queue()).into();
+        Self { pool, keys, limits, metrics: Arc::default(), span_name }
     }
 
     /// Records enqueues into `metrics` instead of a private registry.
@@ -111,7 +114,7 @@ impl Producer {
         let mut spans = Vec::with_capacity(jobs.len());
         let mut pipe = redis::pipe();
         for job in &mut jobs {
-            let span = send_span(queue, job);
+            let span = send_span(&self.span_name, queue, job);
             let cx = span.context();
             job.trace = propagation::inject(&cx)?;
             let mut cmd = redis::cmd("XADD");
@@ -164,7 +167,7 @@ impl Producer {
         key: &IdempotencyKey,
         ttl: Duration,
     ) -> Result<Enqueued, EnqueueError> {
-        let span = send_span(self.keys.queue().as_str(), &job);
+        let span = send_span(&self.span_name, self.keys.queue().as_str(), &job);
         let cx = span.context();
         job.trace = propagation::inject(&cx)?;
         let trace_id = cx.span().span_context().trace_id();
@@ -212,10 +215,10 @@ fn error_type(e: &EnqueueError) -> &'static str {
     }
 }
 
-fn send_span(queue: &str, job: &Job) -> tracing::Span {
+fn send_span(name: &str, queue: &str, job: &Job) -> tracing::Span {
     tracing::info_span!(
         "send",
-        otel.name = format!("send {queue}"),
+        otel.name = name,
         otel.kind = "producer",
         messaging.system = semconv::MESSAGING_SYSTEM_REDIS,
         messaging.operation.type = "send",
@@ -223,7 +226,7 @@ fn send_span(queue: &str, job: &Job) -> tracing::Span {
         messaging.destination.name = queue,
         messaging.message.id = Empty,
         jobstream.job.id = %job.id,
-        jobstream.job.kind = %job.kind,
+        jobstream.job.kind = job.kind.as_str(),
         jobstream.job.attempt = job.attempt,
         error.type = Empty,
         jobstream.idempotent.duplicate = Empty,

@@ -166,6 +166,8 @@ pub(crate) struct Shared {
     pub(crate) probes: Arc<Probes>,
     /// Metric handles of every registered kind, and the in-flight gauge, resolved once.
     pub(crate) hot: HotMetrics,
+    /// `process <Q>`, made once.
+    pub(crate) process_span_name: String,
 }
 
 /// Metric handles the job path updates for every job.
@@ -194,6 +196,7 @@ impl Worker {
     pub fn new(pool: Pool, keys: Keys, handlers: Handlers, config: WorkerConfig) -> Self {
         let metrics = Arc::<Metrics>::default();
         let hot = HotMetrics::new(&metrics, &keys, &handlers);
+        let process_span_name = format!("process {}", keys.queue());
         Self {
             shared: Arc::new(Shared {
                 pool,
@@ -205,6 +208,7 @@ impl Worker {
                 metrics,
                 probes: Arc::default(),
                 hot,
+                process_span_name,
             }),
         }
     }

@@ -275,38 +275,29 @@ fn raw_trace_headers(delivery: &Delivery) -> TraceHeaders {
 }
 
 fn process_span(shared: &Shared, delivery: &Delivery, job: Option<&Job>) -> tracing::Span {
-    let queue = shared.keys.queue().as_str();
-    let span = tracing::info_span!(
+    // Values are recorded at creation (an absent `Option` records nothing): each later `record` costs a
+    // lookup in the subscriber, per job.
+    let job_id = job.map(|j| j.id.to_string());
+    tracing::info_span!(
         "process",
-        otel.name = format!("process {queue}"),
+        otel.name = shared.process_span_name.as_str(),
         otel.kind = "consumer",
         messaging.system = semconv::MESSAGING_SYSTEM_REDIS,
         messaging.operation.type = "process",
         messaging.operation.name = "process",
-        messaging.destination.name = queue,
-        messaging.message.id = %delivery.message_id,
-        messaging.consumer.group.name = %shared.config.group,
-        messaging.client.id = %shared.config.consumer,
+        messaging.destination.name = shared.keys.queue().as_str(),
+        messaging.message.id = delivery.message_id.as_str(),
+        messaging.consumer.group.name = shared.config.group.as_str(),
+        messaging.client.id = shared.config.consumer.as_str(),
         jobstream.delivery.count = delivery.delivery_count,
-        jobstream.reclaimed_from = Empty,
-        jobstream.reclaimed_idle_ms = Empty,
-        jobstream.job.id = Empty,
-        jobstream.job.kind = Empty,
-        jobstream.job.attempt = Empty,
-        jobstream.queue.wait_ms = Empty,
+        jobstream.reclaimed_from = delivery.reclaimed_from.as_ref().map(|(owner, _)| owner.as_str()),
+        jobstream.reclaimed_idle_ms = delivery.reclaimed_from.as_ref().map(|(_, idle_ms)| *idle_ms),
+        jobstream.job.id = job_id.as_deref(),
+        jobstream.job.kind = job.map(|j| j.kind.as_str()),
+        jobstream.job.attempt = job.map(|j| j.attempt),
+        jobstream.queue.wait_ms = job.map(|j| crate::clock::now_ms().saturating_sub(j.enqueued_at_ms)),
         jobstream.trace.context = Empty,
         jobstream.trace.context_error = Empty,
         error.type = Empty,
-    );
-    if let Some((owner, idle_ms)) = &delivery.reclaimed_from {
-        span.record(semconv::RECLAIMED_FROM, owner.as_str());
-        span.record(semconv::RECLAIMED_IDLE_MS, *idle_ms);
-    }
-    if let Some(job) = job {
-        span.record(semconv::JOB_ID, job.id.to_string());
-        span.record(semconv::JOB_KIND, job.kind.as_str());
-        span.record(semconv::JOB_ATTEMPT, job.attempt);
-        span.record(semconv::QUEUE_WAIT_MS, crate::clock::now_ms().saturating_sub(job.enqueued_at_ms));
-    }
-    span
+    )
 }
