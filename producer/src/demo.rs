@@ -5,6 +5,7 @@
 //! With no `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans go to an in-process OTLP receiver ([`OtlpSink`]) so the
 //! tree can be printed; with one set (e.g. Jaeger on :4318), spans go there and the report says where to look.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -33,7 +34,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let outcome = demo(&args, sink.as_ref()).await;
     telemetry.shutdown(Duration::from_secs(10)).await;
     let report = outcome?;
-    println!("{report}");
+    writeln!(std::io::stdout().lock(), "{report}")?;
     Ok(())
 }
 

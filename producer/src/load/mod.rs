@@ -5,7 +5,7 @@
 mod pace;
 mod report;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -87,11 +87,14 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             enqueue_to_ack: Percentiles::of(&probe.ack),
         },
     };
+    // Written, not printed: a closed stdout (`| head`) is an error to report, not a panic.
+    let mut out = std::io::stdout().lock();
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
     } else {
-        print!("{report}");
+        write!(out, "{report}")?;
     }
+    out.flush()?;
     if let Some(error) = sent.first_error {
         bail!("enqueueing failed after {} jobs: {error}", sent.ok);
     }
