@@ -17,18 +17,27 @@ pub struct RedisArgs {
     /// Redis URL: redis://[user:password@]host:port[/db], or rediss:// for TLS.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
     pub redis_url: String,
+    /// PEM file of the CA that signed Redis's TLS certificate (with a rediss:// URL); without it the system's
+    /// roots are used.
+    #[arg(long, env = "JOBSTREAM_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for RedisArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisArgs").field("redis_url", &connection::redact(&self.redis_url)).finish()
+        f.debug_struct("RedisArgs")
+            .field("redis_url", &connection::redact(&self.redis_url))
+            .field("redis_ca_file", &self.redis_ca_file)
+            .finish()
     }
 }
 
 impl RedisArgs {
     /// A pool of at most `max_size` connections whose replies may take up to `response_timeout`.
     pub fn pool(&self, max_size: usize, response_timeout: Duration) -> Result<deadpool_redis::Pool, ConnectError> {
-        connection::pool(&self.redis_url, &PoolSettings { max_size, response_timeout, ..PoolSettings::default() })
+        let settings =
+            PoolSettings { max_size, response_timeout, ca_file: self.redis_ca_file.clone(), ..PoolSettings::default() };
+        connection::pool(&self.redis_url, &settings)
     }
 }
 

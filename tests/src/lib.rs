@@ -16,6 +16,8 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     appendonly: bool,
+    /// TLS port, when started with [`RedisServer::start_tls`]; certificates are in `dir`.
+    tls_port: Option<u16>,
 }
 
 impl RedisServer {
@@ -28,9 +30,29 @@ impl RedisServer {
     pub fn start_with(appendonly: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let mut server = Self { child: None, port, dir, appendonly };
+        let mut server = Self { child: None, port, dir, appendonly, tls_port: None };
         server.spawn();
         server
+    }
+
+    /// Starts a server that also serves TLS on a second port, with a CA and a certificate for 127.0.0.1 made
+    /// here by `openssl` (the plain port stays open for the test's own assertions).
+    pub fn start_tls() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        make_certificates(dir.path());
+        let mut server = Self { child: None, port: free_port(), dir, appendonly: false, tls_port: Some(free_port()) };
+        server.spawn();
+        server
+    }
+
+    /// `rediss://<userinfo>@127.0.0.1:<tls port>`.
+    pub fn tls_url(&self, userinfo: &str) -> String {
+        format!("rediss://{userinfo}@127.0.0.1:{}", self.tls_port.expect("started with start_tls"))
+    }
+
+    /// The CA certificate that signed the server's TLS certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     fn spawn(&mut self) {
@@ -46,6 +68,12 @@ impl RedisServer {
             .arg("")
             .arg("--daemonize")
             .arg("no");
+        if let Some(tls_port) = self.tls_port {
+            let file = |name: &str| self.dir.path().join(name);
+            cmd.arg("--tls-port").arg(tls_port.to_string());
+            cmd.arg("--tls-cert-file").arg(file("server.pem")).arg("--tls-key-file").arg(file("server.key"));
+            cmd.arg("--tls-ca-cert-file").arg(file("ca.pem")).arg("--tls-auth-clients").arg("no");
+        }
         if self.appendonly {
             cmd.arg("--appendonly").arg("yes").arg("--appendfsync").arg("always");
         } else {
@@ -99,6 +127,63 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Makes `ca.pem`/`ca.key` and `server.pem`/`server.key` (for IP 127.0.0.1, signed by the CA) in `dir`.
+fn make_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl must be installed");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=jobstream test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        "server.pem",
+        "-extfile",
+        "ext.cnf",
+    ]);
 }
 
 /// A free TCP port on loopback.
