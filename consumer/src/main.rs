@@ -11,9 +11,10 @@ use jobstream::retry::RetryPolicy;
 use jobstream::worker::default_consumer_name;
 use std::sync::Arc;
 
+use jobstream::connection::Pool;
 use jobstream::health::{self, HealthState};
 use jobstream::metrics::Metrics;
-use jobstream::{telemetry, Handlers, JobKind, Producer, Worker, WorkerConfig};
+use jobstream::{telemetry, Handlers, JobKind, Keys, Producer, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::kinds::demo::{Demo, DemoSettings};
@@ -34,29 +35,35 @@ async fn main() -> anyhow::Result<()> {
     result
 }
 
+/// The shipped job kinds, writing their records under `keys` (one partition's).
+fn handlers(pool: &Pool, keys: &Keys, demo: DemoSettings, limits: jobstream::Limits) -> anyhow::Result<Handlers> {
+    let producer = Producer::new(pool.clone(), keys.clone(), limits);
+    Ok(Handlers::new()
+        .register(JobKind::parse("demo")?, Demo::new(pool.clone(), keys.clone(), demo))
+        .register(JobKind::parse("noop")?, Noop::new(pool.clone(), keys.clone()))
+        .register(JobKind::parse("fanout")?, Fanout::new(pool.clone(), keys.clone(), producer)))
+}
+
 async fn run(cli: cli::Cli) -> anyhow::Result<()> {
-    let keys = cli.queue.keys()?;
+    let partitions = cli.queue.partition_keys()?;
     let limits = cli.queue.limits();
     let consumer = cli.consumer.clone().unwrap_or_else(default_consumer_name);
-    let pool_size = (cli.concurrency as usize).clamp(2, 64) + 2;
+    // One worker per partition; each runs its share of --concurrency.
+    let concurrency = (cli.concurrency as usize).div_ceil(partitions.len()).max(1);
+    let pool_size = (cli.concurrency as usize).clamp(2, 64) + 2 * partitions.len();
     let pool = cli.redis.pool(pool_size, cli.block + Duration::from_secs(5)).context("Redis connection")?;
     let shutdown = jobstream::shutdown::on_signals()?;
 
-    let producer = Producer::new(pool.clone(), keys.clone(), limits);
     let demo = DemoSettings {
         latency_scale: cli.demo_latency_scale,
         failure_rate: cli.demo_failure_rate,
         result_ttl: cli.result_ttl,
         consumer: consumer.clone(),
     };
-    let handlers = Handlers::new()
-        .register(JobKind::parse("demo")?, Demo::new(pool.clone(), keys.clone(), demo))
-        .register(JobKind::parse("noop")?, Noop::new(pool.clone(), keys.clone()))
-        .register(JobKind::parse("fanout")?, Fanout::new(pool.clone(), keys.clone(), producer));
 
     let mut config = WorkerConfig::new(consumer);
     config.group = cli.group;
-    config.concurrency = cli.concurrency as usize;
+    config.concurrency = concurrency;
     config.batch_size = cli.batch_size as usize;
     config.block = cli.block;
     config.shutdown_grace = cli.shutdown_grace;
@@ -77,7 +84,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
     let stop_serving = CancellationToken::new();
     let health = HealthState {
         pool: pool.clone(),
-        keys: keys.clone(),
+        keys: partitions.clone(),
         group: Some(config.group.clone()),
         metrics: metrics.clone(),
         draining: shutdown.clone(),
@@ -85,8 +92,27 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
     let (_, server) = health::spawn(cli.listen, health::router(health), stop_serving.clone())
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
-    let result = Worker::new(pool, keys, handlers, config).with_metrics(metrics).run(shutdown).await;
+    let mut workers = tokio::task::JoinSet::new();
+    for keys in partitions {
+        let handlers = handlers(&pool, &keys, demo.clone(), limits)?;
+        let worker = Worker::new(pool.clone(), keys, handlers, config.clone()).with_metrics(metrics.clone());
+        workers.spawn(worker.run(shutdown.clone()));
+    }
+    let mut result = Ok(());
+    while let Some(finished) = workers.join_next().await {
+        match finished {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shutdown.cancel();
+                result = Err(anyhow::Error::from(e));
+            }
+            Err(e) => {
+                shutdown.cancel();
+                result = Err(anyhow::anyhow!("a worker task failed: {e}"));
+            }
+        }
+    }
     stop_serving.cancel();
     let _ = server.await;
-    Ok(result?)
+    result
 }

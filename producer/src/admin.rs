@@ -9,31 +9,38 @@ use jobstream::config::{QueueArgs, RedisArgs};
 
 use crate::cli::{DeadCommand, StatsArgs};
 
-async fn connect(redis: &RedisArgs) -> anyhow::Result<deadpool_redis::Connection> {
+async fn connect(redis: &RedisArgs) -> anyhow::Result<jobstream::connection::Connection> {
     let pool = redis.pool(1, Duration::from_secs(10))?;
     pool.get()
         .await
         .with_context(|| format!("cannot reach Redis at {}", jobstream::connection::redact(&redis.redis_url)))
 }
 
+/// One line (or JSON object) per partition of the queue.
 pub async fn stats(args: StatsArgs) -> anyhow::Result<()> {
-    let keys = args.queue.keys()?;
     let mut conn = connect(&args.redis).await?;
-    let stats = admin::stats(&mut conn, &keys).await?;
     let mut out = std::io::stdout().lock();
-    if args.json {
-        writeln!(out, "{}", serde_json::to_string(&stats)?)?;
-        return Ok(());
-    }
-    writeln!(out, "queue {}: {} entries, {} delayed, {} dead", stats.queue, stats.length, stats.delayed, stats.dead)?;
-    for g in &stats.groups {
-        let lag = g.lag.map_or_else(|| "?".to_owned(), |l| l.to_string());
-        let oldest = g.oldest_pending_age_ms.map_or_else(|| "-".to_owned(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+    for keys in args.queue.partition_keys()? {
+        let stats = admin::stats(&mut conn, &keys).await?;
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string(&stats)?)?;
+            continue;
+        }
         writeln!(
             out,
-            "  group {}: {} consumers, lag {lag}, {} pending, oldest pending {oldest}",
-            g.name, g.consumers, g.pending
+            "queue {}: {} entries, {} delayed, {} dead",
+            stats.queue, stats.length, stats.delayed, stats.dead
         )?;
+        for g in &stats.groups {
+            let lag = g.lag.map_or_else(|| "?".to_owned(), |l| l.to_string());
+            let oldest =
+                g.oldest_pending_age_ms.map_or_else(|| "-".to_owned(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+            writeln!(
+                out,
+                "  group {}: {} consumers, lag {lag}, {} pending, oldest pending {oldest}",
+                g.name, g.consumers, g.pending
+            )?;
+        }
     }
     Ok(())
 }
@@ -109,6 +116,15 @@ pub async fn dead(command: DeadCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open(redis: &RedisArgs, queue: &QueueArgs) -> anyhow::Result<(deadpool_redis::Connection, jobstream::Keys)> {
+async fn open(
+    redis: &RedisArgs,
+    queue: &QueueArgs,
+) -> anyhow::Result<(jobstream::connection::Connection, jobstream::Keys)> {
+    if queue.partitions > 1 {
+        bail!(
+            "dead-letter commands act on one partition: name it as the queue (--queue {}:0) without --partitions",
+            queue.queue
+        );
+    }
     Ok((connect(redis).await?, queue.keys()?))
 }

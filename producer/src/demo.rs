@@ -179,7 +179,7 @@ fn spawn_consumers(
 }
 
 async fn wait_for_completion(
-    pool: &deadpool_redis::Pool,
+    pool: &jobstream::connection::Pool,
     keys: &Keys,
     ids: &[String],
     timeout: Duration,
@@ -221,7 +221,11 @@ async fn stop_consumers(consumers: &mut [Child]) {
 }
 
 /// Attempts in all, from the results the jobs stored, and the index of a job that needed more than one.
-async fn attempts(pool: &deadpool_redis::Pool, keys: &Keys, ids: &[String]) -> anyhow::Result<(u64, Option<usize>)> {
+async fn attempts(
+    pool: &jobstream::connection::Pool,
+    keys: &Keys,
+    ids: &[String],
+) -> anyhow::Result<(u64, Option<usize>)> {
     let mut conn = pool.get().await?;
     let keys_of: Vec<String> = ids.iter().map(|id| keys.result(id)).collect();
     let stored: Vec<Option<String>> = redis::cmd("MGET").arg(&keys_of).query_async(&mut conn).await?;
@@ -241,7 +245,7 @@ async fn attempts(pool: &deadpool_redis::Pool, keys: &Keys, ids: &[String]) -> a
     Ok((total, retried))
 }
 
-async fn cleanup(pool: &deadpool_redis::Pool, keys: &Keys, ids: &[String]) -> anyhow::Result<()> {
+async fn cleanup(pool: &jobstream::connection::Pool, keys: &Keys, ids: &[String]) -> anyhow::Result<()> {
     let mut conn = pool.get().await?;
     let mut doomed: Vec<String> = vec![keys.stream.clone(), keys.dead.clone(), keys.delayed.clone(), keys.done.clone()];
     doomed.extend(ids.iter().map(|id| keys.result(id)));

@@ -12,9 +12,9 @@ use crate::cli::EnqueueArgs;
 const BATCH: u64 = 1000;
 
 pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
-    let keys = args.queue.keys()?;
+    let keys = args.queue.partition_keys()?;
     let pool = args.redis.pool(2, Duration::from_secs(10))?;
-    let producer = Producer::new(pool, keys, args.queue.limits());
+    let producer = Producer::partitioned(pool, &args.queue.queue, keys, args.queue.limits());
     let first = producer.job(&args.kind, &args.payload)?;
     let mut out = std::io::stdout().lock();
     if let Some(key) = &args.idempotency_key {

@@ -58,10 +58,11 @@ impl IntoResponse for ApiError {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let keys = args.queue.keys()?;
+    let keys = args.queue.partition_keys()?;
     let pool = args.redis.pool(32, Duration::from_secs(10))?;
     let metrics = Arc::new(Metrics::new());
-    let producer = Producer::new(pool.clone(), keys.clone(), args.queue.limits()).with_metrics(metrics.clone());
+    let producer = Producer::partitioned(pool.clone(), &args.queue.queue, keys.clone(), args.queue.limits())
+        .with_metrics(metrics.clone());
     let shutdown = jobstream::shutdown::on_signals()?;
     let api = Api {
         producer,

@@ -21,6 +21,10 @@ pub struct RedisArgs {
     /// roots are used.
     #[arg(long, env = "JOBSTREAM_REDIS_CA_FILE")]
     pub redis_ca_file: Option<std::path::PathBuf>,
+    /// Redis is a Cluster: --redis-url may list several nodes separated by commas; the client discovers the
+    /// others and follows MOVED/ASK redirections.
+    #[arg(long, env = "JOBSTREAM_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
 }
 
 impl fmt::Debug for RedisArgs {
@@ -28,13 +32,14 @@ impl fmt::Debug for RedisArgs {
         f.debug_struct("RedisArgs")
             .field("redis_url", &connection::redact(&self.redis_url))
             .field("redis_ca_file", &self.redis_ca_file)
+            .field("redis_cluster", &self.redis_cluster)
             .finish()
     }
 }
 
 impl RedisArgs {
     /// A pool of at most `max_size` connections whose replies may take up to `response_timeout`.
-    pub fn pool(&self, max_size: usize, response_timeout: Duration) -> Result<deadpool_redis::Pool, ConnectError> {
+    pub fn pool(&self, max_size: usize, response_timeout: Duration) -> Result<connection::Pool, ConnectError> {
         let settings =
             PoolSettings { max_size, response_timeout, ca_file: self.redis_ca_file.clone(), ..PoolSettings::default() };
         connection::pool(&self.redis_url, &settings)
@@ -53,12 +58,22 @@ pub struct QueueArgs {
     /// Largest job payload accepted, in bytes (checked by producers and consumers).
     #[arg(long, env = "JOBSTREAM_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES)]
     pub max_payload_bytes: usize,
+    /// Split the queue into this many partitions, the queues <queue>:0 … <queue>:<n-1>, each its own stream
+    /// and hash slot: producers spread jobs over them, consumers read all of them. Producers and consumers of a
+    /// queue must agree on it.
+    #[arg(long, env = "JOBSTREAM_PARTITIONS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub partitions: u32,
 }
 
 impl QueueArgs {
     /// The queue's keys.
     pub fn keys(&self) -> Result<Keys, NameError> {
         Keys::new(&self.prefix, &self.queue)
+    }
+
+    /// The keys of every partition of the queue (just the queue's when it has one partition).
+    pub fn partition_keys(&self) -> Result<Vec<Keys>, NameError> {
+        Keys::partitioned(&self.prefix, &self.queue, self.partitions)
     }
 
     /// The limits on jobs.

@@ -1,4 +1,5 @@
-//! Redis connections: one pool per process, built from a `redis://` or `rediss://` URL.
+//! Redis connections: one pool per process, built from a `redis://` or `rediss://` URL, or, for a Redis
+//! Cluster, from the URLs of some of its nodes (the client discovers the rest and follows MOVED/ASK).
 //!
 //! `rediss://` connects with TLS (rustls). The server's certificate is checked against the system's roots, or,
 //! when a CA file is given, against that CA alone. ACL users go in the URL: `rediss://user:password@host:port`;
@@ -10,8 +11,94 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use deadpool_redis::{Manager, Pool, Runtime};
-use redis::{AsyncConnectionConfig, IntoConnectionInfo};
+use deadpool_redis::{Manager, Runtime};
+use redis::aio::ConnectionLike;
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
+
+/// Why a connection could not be had from the pool.
+pub type PoolError = deadpool_redis::PoolError;
+
+/// A pool of connections to one Redis server or to a Redis Cluster. Cheap to clone.
+#[derive(Clone)]
+pub enum Pool {
+    Single(deadpool_redis::Pool),
+    Cluster(deadpool::managed::Pool<ClusterManager>),
+}
+
+impl Pool {
+    /// A connection, waiting for one to be free.
+    pub async fn get(&self) -> Result<Connection, PoolError> {
+        match self {
+            Pool::Single(pool) => pool.get().await.map(Connection::Single),
+            Pool::Cluster(pool) => pool.get().await.map(Connection::Cluster),
+        }
+    }
+
+    /// Whether the pool talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Pool::Cluster(_))
+    }
+}
+
+/// A pooled connection; returns to the pool when dropped.
+pub enum Connection {
+    Single(deadpool_redis::Connection),
+    Cluster(deadpool::managed::Object<ClusterManager>),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Makes cluster connections with jobstream's time-outs (deadpool-redis's own cluster manager cannot set them,
+/// and the default response time-out is shorter than a blocking read).
+pub struct ClusterManager {
+    client: redis::cluster::ClusterClient,
+}
+
+impl deadpool::managed::Manager for ClusterManager {
+    type Type = ClusterConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<ClusterConnection, RedisError> {
+        self.client.get_async_connection().await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut ClusterConnection,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<RedisError> {
+        redis::cmd("PING").query_async::<String>(conn).await?;
+        Ok(())
+    }
+}
 
 /// Why a pool could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +111,10 @@ pub enum ConnectError {
     CaFile { path: String, source: std::io::Error },
     #[error("a Redis CA file is only used with TLS: the URL must start with rediss://, not {url}")]
     CaWithoutTls { url: String },
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
+    #[error("cannot build the Redis cluster connection pool: {0}")]
+    ClusterPool(String),
 }
 
 /// Settings of the connection pool.
@@ -37,6 +128,8 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     /// PEM file of the CA that signed the server's certificate (`rediss://` only); `None` uses the system's.
     pub ca_file: Option<PathBuf>,
+    /// Treat the URL(s) as nodes of a Redis Cluster.
+    pub cluster: bool,
 }
 
 impl Default for PoolSettings {
@@ -46,12 +139,17 @@ impl Default for PoolSettings {
             response_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
             ca_file: None,
+            cluster: false,
         }
     }
 }
 
-/// Builds a pool. No connection is opened until the first command.
+/// Builds a pool. No connection is opened until the first command. For a cluster, `url` may list several
+/// nodes, separated by commas.
 pub fn pool(url: &str, settings: &PoolSettings) -> Result<Pool, ConnectError> {
+    if settings.cluster {
+        return cluster_pool(url, settings);
+    }
     let config = AsyncConnectionConfig::new()
         .set_response_timeout(Some(settings.response_timeout))
         .set_connection_timeout(Some(settings.connect_timeout));
@@ -74,12 +172,42 @@ pub fn pool(url: &str, settings: &PoolSettings) -> Result<Pool, ConnectError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
     let manager = Manager::new_with_config(info, config).map_err(invalid)?;
-    Ok(Pool::builder(manager)
+    Ok(Pool::Single(
+        deadpool_redis::Pool::builder(manager)
+            .max_size(settings.max_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(settings.connect_timeout + settings.response_timeout))
+            .create_timeout(Some(settings.connect_timeout))
+            .build()?,
+    ))
+}
+
+fn cluster_pool(urls: &str, settings: &PoolSettings) -> Result<Pool, ConnectError> {
+    if settings.ca_file.is_some() {
+        return Err(ConnectError::Unsupported("a Redis CA file with a cluster (use the system's roots)"));
+    }
+    let invalid = |source| ConnectError::InvalidUrl { url: redact(urls), source };
+    let nodes: Vec<&str> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+    let client = ClusterClientBuilder::new(nodes)
+        .response_timeout(settings.response_timeout)
+        .connection_timeout(settings.connect_timeout)
+        .build()
+        .map_err(invalid)?;
+    if client_uses_tls(urls) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let pool = deadpool::managed::Pool::builder(ClusterManager { client })
         .max_size(settings.max_size)
-        .runtime(Runtime::Tokio1)
+        .runtime(deadpool::Runtime::Tokio1)
         .wait_timeout(Some(settings.connect_timeout + settings.response_timeout))
         .create_timeout(Some(settings.connect_timeout))
-        .build()?)
+        .build()
+        .map_err(|e| ConnectError::ClusterPool(e.to_string()))?;
+    Ok(Pool::Cluster(pool))
+}
+
+fn client_uses_tls(urls: &str) -> bool {
+    urls.split(',').any(|u| u.trim_start().starts_with("rediss://"))
 }
 
 /// The URL with its password replaced by `***`, for logs and error messages.

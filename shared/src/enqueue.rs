@@ -7,13 +7,13 @@
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use deadpool_redis::Pool;
+use crate::connection::Pool;
 use opentelemetry::trace::{Status, TraceContextExt, TraceId};
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::job::{Job, JobError, JobId, JobKind, Payload};
-use crate::keys::{IdempotencyKey, Keys};
+use crate::keys::{IdempotencyKey, Keys, QueueName};
 use crate::limits::Limits;
 use crate::metrics::{JobLabels, Metrics, QueueLabels};
 use crate::propagation::{self, ContextError};
@@ -30,7 +30,7 @@ pub enum EnqueueError {
     #[error("cannot propagate the trace context: {0}")]
     Context(#[from] ContextError),
     #[error("no Redis connection: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
+    Pool(#[from] crate::connection::PoolError),
     #[error("Redis refused the enqueue: {0}")]
     Redis(#[from] redis::RedisError),
 }
@@ -53,7 +53,10 @@ pub struct Enqueued {
 #[derive(Clone)]
 pub struct Producer {
     pool: Pool,
-    keys: Keys,
+    /// The queue's partitions; one for an unpartitioned queue.
+    partitions: Arc<[Keys]>,
+    /// The queue's name (without a partition suffix), for span names and metric labels.
+    queue: QueueName,
     limits: Limits,
     metrics: Arc<Metrics>,
     /// `send <Q>`, made once.
@@ -63,8 +66,16 @@ pub struct Producer {
 impl Producer {
     /// A producer for the queue whose keys are `keys`.
     pub fn new(pool: Pool, keys: Keys, limits: Limits) -> Self {
-        let span_name = format!("send {}", keys.queue()).into();
-        Self { pool, keys, limits, metrics: Arc::default(), span_name }
+        let queue = keys.queue().clone();
+        Self::partitioned(pool, &queue, vec![keys], limits)
+    }
+
+    /// A producer for `queue` split into `partitions` ([`Keys::partitioned`]): each job goes to the partition its
+    /// id picks, each idempotency key always to the same partition.
+    pub fn partitioned(pool: Pool, queue: &QueueName, partitions: Vec<Keys>, limits: Limits) -> Self {
+        assert!(!partitions.is_empty(), "a queue has at least one partition");
+        let span_name = format!("send {queue}").into();
+        Self { pool, partitions: partitions.into(), queue: queue.clone(), limits, metrics: Arc::default(), span_name }
     }
 
     /// Records enqueues into `metrics` instead of a private registry.
@@ -75,7 +86,7 @@ impl Producer {
 
     /// Counts jobs enqueued (`ok`) or one failed enqueue call.
     fn count<'a>(&self, ok: bool, kinds: impl Iterator<Item = &'a JobKind>) {
-        let queue = self.keys.queue().to_string();
+        let queue = self.queue.to_string();
         if ok {
             for kind in kinds {
                 self.metrics.enqueued.get_or_create(&JobLabels { queue: queue.clone(), kind: kind.to_string() }).inc();
@@ -87,7 +98,12 @@ impl Producer {
 
     /// The queue's keys.
     pub fn keys(&self) -> &Keys {
-        &self.keys
+        &self.partitions[0]
+    }
+
+    /// The keys of every partition.
+    pub fn partitions(&self) -> &[Keys] {
+        &self.partitions
     }
 
     /// The limits applied to jobs.
@@ -106,11 +122,36 @@ impl Producer {
         Ok(done.remove(0))
     }
 
-    /// Enqueues jobs in one pipelined round trip, in order. Either every job is reported enqueued or the call
-    /// fails; after a failure some entries may still have been written (the caller's retry may then
-    /// duplicate them, which at-least-once delivery allows).
-    pub async fn enqueue_batch(&self, mut jobs: Vec<Job>) -> Result<Vec<Enqueued>, EnqueueError> {
-        let queue = self.keys.queue().as_str();
+    /// Enqueues jobs, one pipelined round trip per partition they go to, and reports them in order. Either
+    /// every job is reported enqueued or the call fails; after a failure some entries may still have been
+    /// written (the caller's retry may then duplicate them, which at-least-once delivery allows).
+    pub async fn enqueue_batch(&self, jobs: Vec<Job>) -> Result<Vec<Enqueued>, EnqueueError> {
+        let n = self.partitions.len();
+        if n == 1 {
+            return self.send(&self.partitions[0], jobs).await;
+        }
+        let total = jobs.len();
+        let mut groups: Vec<(Vec<usize>, Vec<Job>)> = (0..n).map(|_| (Vec::new(), Vec::new())).collect();
+        for (i, job) in jobs.into_iter().enumerate() {
+            let group = &mut groups[job.id.partition(n)];
+            group.0.push(i);
+            group.1.push(job);
+        }
+        let mut out: Vec<Option<Enqueued>> = (0..total).map(|_| None).collect();
+        for ((positions, jobs), keys) in groups.into_iter().zip(self.partitions.iter()) {
+            if jobs.is_empty() {
+                continue;
+            }
+            for (position, done) in positions.into_iter().zip(self.send(keys, jobs).await?) {
+                out[position] = Some(done);
+            }
+        }
+        Ok(out.into_iter().map(|done| done.expect("every job was sent")).collect())
+    }
+
+    /// Enqueues jobs on one partition in one pipelined round trip.
+    async fn send(&self, keys: &Keys, mut jobs: Vec<Job>) -> Result<Vec<Enqueued>, EnqueueError> {
+        let queue = keys.queue().as_str();
         let mut spans = Vec::with_capacity(jobs.len());
         let mut pipe = redis::pipe();
         for job in &mut jobs {
@@ -118,7 +159,7 @@ impl Producer {
             let cx = span.context();
             job.trace = propagation::inject(&cx)?;
             let mut cmd = redis::cmd("XADD");
-            cmd.arg(&self.keys.stream).arg("*");
+            cmd.arg(&keys.stream).arg("*");
             for (name, value) in job.to_fields() {
                 cmd.arg(name).arg(value);
             }
@@ -167,15 +208,13 @@ impl Producer {
         key: &IdempotencyKey,
         ttl: Duration,
     ) -> Result<Enqueued, EnqueueError> {
-        let span = send_span(&self.span_name, self.keys.queue().as_str(), &job);
+        let keys = &self.partitions[fnv1a(key.as_str().as_bytes()) as usize % self.partitions.len()];
+        let span = send_span(&self.span_name, keys.queue().as_str(), &job);
         let cx = span.context();
         job.trace = propagation::inject(&cx)?;
         let trace_id = cx.span().span_context().trace_id();
-        let mut invocation = ENQUEUE_ONCE.key(&self.keys.stream);
-        invocation
-            .key(self.keys.idempotency(key))
-            .arg(ttl.as_millis().max(1) as u64)
-            .arg(format!("{} {trace_id}", job.id));
+        let mut invocation = ENQUEUE_ONCE.key(&keys.stream);
+        invocation.key(keys.idempotency(key)).arg(ttl.as_millis().max(1) as u64).arg(format!("{} {trace_id}", job.id));
         for (name, value) in job.to_fields() {
             invocation.arg(name).arg(value);
         }
@@ -204,6 +243,11 @@ impl Producer {
             duplicate,
         })
     }
+}
+
+/// FNV-1a: a hash every producer computes alike, whatever its version, so a key always picks one partition.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn error_type(e: &EnqueueError) -> &'static str {

@@ -50,8 +50,8 @@ impl From<redis::RedisError> for JobFailure {
     }
 }
 
-impl From<deadpool_redis::PoolError> for JobFailure {
-    fn from(e: deadpool_redis::PoolError) -> Self {
+impl From<crate::connection::PoolError> for JobFailure {
+    fn from(e: crate::connection::PoolError) -> Self {
         Self::new("redis_unavailable", e.to_string())
     }
 }

@@ -8,12 +8,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::connection::Pool;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use deadpool_redis::Pool;
 use tokio_util::sync::CancellationToken;
 
 use crate::keys::{GroupName, Keys};
@@ -27,8 +27,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct HealthState {
     /// The process's Redis pool.
     pub pool: Pool,
-    /// The queue whose numbers `/metrics` reports.
-    pub keys: Keys,
+    /// The queue (all its partitions) whose numbers `/metrics` reports and whose group `/readyz` checks.
+    pub keys: Vec<Keys>,
     /// The group that must exist for `/readyz` (a consumer's); `None` for a producer.
     pub group: Option<GroupName>,
     /// The process's metrics.
@@ -60,15 +60,16 @@ async fn readyz(State(state): State<HealthState>) -> impl IntoResponse {
 async fn check(state: &HealthState) -> Result<(), String> {
     let mut conn = state.pool.get().await.map_err(|e| format!("Redis unreachable: {e}"))?;
     redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(|e| format!("Redis unreachable: {e}"))?;
-    if let Some(group) = &state.group {
+    let Some(group) = &state.group else { return Ok(()) };
+    for keys in &state.keys {
         let groups: Vec<std::collections::HashMap<String, redis::Value>> =
-            redis::cmd("XINFO").arg("GROUPS").arg(&state.keys.stream).query_async(&mut conn).await.unwrap_or_default();
+            redis::cmd("XINFO").arg("GROUPS").arg(&keys.stream).query_async(&mut conn).await.unwrap_or_default();
         let exists = groups.iter().any(|g| {
             g.get("name").and_then(|v| redis::from_redis_value::<String>(v.clone()).ok()).as_deref()
                 == Some(group.as_str())
         });
         if !exists {
-            return Err(format!("consumer group {group} does not exist yet"));
+            return Err(format!("consumer group {group} does not exist yet on {}", keys.stream));
         }
     }
     Ok(())
@@ -77,11 +78,15 @@ async fn check(state: &HealthState) -> Result<(), String> {
 async fn metrics(State(state): State<HealthState>, headers: axum::http::HeaderMap) -> impl IntoResponse {
     let stats = tokio::time::timeout(PROBE_TIMEOUT, async {
         let mut conn = state.pool.get().await.map_err(|e| e.to_string())?;
-        crate::admin::stats(&mut conn, &state.keys).await.map_err(|e| e.to_string())
+        let mut all = Vec::with_capacity(state.keys.len());
+        for keys in &state.keys {
+            all.push(crate::admin::stats(&mut conn, keys).await.map_err(|e| e.to_string())?);
+        }
+        Ok::<_, String>(all)
     })
     .await;
     match stats {
-        Ok(Ok(stats)) => state.metrics.observe_queue(&stats),
+        Ok(Ok(stats)) => stats.iter().for_each(|s| state.metrics.observe_queue(s)),
         Ok(Err(error)) => tracing::debug!(%error, "queue gauges not refreshed"),
         Err(_) => tracing::debug!("queue gauges not refreshed: Redis did not answer in time"),
     }

@@ -77,6 +77,11 @@ impl JobId {
         Self(Uuid::now_v7())
     }
 
+    /// Which of `n` partitions the job goes to: its id's random low bits, so jobs spread evenly.
+    pub fn partition(&self, n: usize) -> usize {
+        (self.0.as_u128() % n.max(1) as u128) as usize
+    }
+
     /// Parses the wire form of an id.
     pub fn parse(value: &str) -> Result<Self, uuid::Error> {
         Uuid::try_parse(value).map(Self)

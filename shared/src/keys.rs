@@ -118,6 +118,11 @@ impl IdempotencyKey {
             None => Ok(Self(value.to_owned())),
         }
     }
+
+    /// The key as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl std::str::FromStr for IdempotencyKey {
@@ -156,6 +161,15 @@ impl Keys {
             result_prefix: format!("{base}:result:"),
             stream: base,
         })
+    }
+
+    /// The keys of `queue`'s partitions: `queue` itself when `partitions` is 1, else the queues `<queue>:0` …
+    /// `<queue>:<n-1>`, each with its own hash tag, so a Redis Cluster spreads them over its shards.
+    pub fn partitioned(prefix: &str, queue: &QueueName, partitions: u32) -> Result<Vec<Self>, NameError> {
+        if partitions <= 1 {
+            return Ok(vec![Self::new(prefix, queue)?]);
+        }
+        (0..partitions).map(|i| Self::new(prefix, &QueueName::parse(&format!("{queue}:{i}"))?)).collect()
     }
 
     /// The queue these keys belong to.

@@ -52,7 +52,7 @@ pub fn mark_fields(run: &Uuid, sent_us: u64) -> [(String, String); 2] {
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error("no Redis connection: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
+    Pool(#[from] crate::connection::PoolError),
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
     #[error("field {field:?} of the run's hash is not a histogram: {reason}")]
@@ -219,7 +219,7 @@ pub struct RunReport {
     pub ack: Histogram<u64>,
     /// When the last acknowledgement happened, unix µs; 0 if none.
     pub last_ack_us: u64,
-    /// How many consumers reported.
+    /// How many consumer processes reported (a consumer is counted once over all partitions).
     pub consumers: usize,
 }
 
@@ -229,24 +229,31 @@ impl Default for RunReport {
     }
 }
 
-/// Reads and merges what the workers published for `run`.
+/// Reads and merges what the workers published for `run` on every partition of a queue.
 pub async fn read(
     conn: &mut impl redis::aio::ConnectionLike,
-    keys: &Keys,
+    partitions: &[Keys],
     run: &Uuid,
 ) -> Result<RunReport, ProbeError> {
-    let key = keys.load_run(&run.hyphenated().to_string());
-    let fields: HashMap<String, Vec<u8>> = redis::cmd("HGETALL").arg(&key).query_async(conn).await?;
+    let mut fields = Vec::new();
+    for keys in partitions {
+        let key = keys.load_run(&run.hyphenated().to_string());
+        let hash: HashMap<String, Vec<u8>> = redis::cmd("HGETALL").arg(&key).query_async(&mut *conn).await?;
+        fields.extend(hash);
+    }
     merge(fields)
 }
 
-/// Merges the fields of a run's hash.
-fn merge(fields: HashMap<String, Vec<u8>>) -> Result<RunReport, ProbeError> {
+/// Merges the fields of a run's hashes.
+fn merge(fields: impl IntoIterator<Item = (String, Vec<u8>)>) -> Result<RunReport, ProbeError> {
     let mut report = RunReport::default();
+    let mut consumers = std::collections::HashSet::new();
     let mut deserializer = Deserializer::new();
     for (field, value) in fields {
         let corrupt = |reason: String| ProbeError::Corrupt { field: field.clone(), reason };
-        let Some((_, what)) = field.rsplit_once(':') else { return Err(corrupt("no `<consumer>:` prefix".into())) };
+        let Some((consumer, what)) = field.rsplit_once(':') else {
+            return Err(corrupt("no `<consumer>:` prefix".into()));
+        };
         match what {
             "start" | "ack" => {
                 let h: Histogram<u64> =
@@ -254,7 +261,7 @@ fn merge(fields: HashMap<String, Vec<u8>>) -> Result<RunReport, ProbeError> {
                 let into = if what == "start" { &mut report.start } else { &mut report.ack };
                 into.add(&h).map_err(|e| corrupt(format!("{e:?}")))?;
                 if what == "ack" {
-                    report.consumers += 1;
+                    consumers.insert(consumer.to_owned());
                 }
             }
             "last" => {
@@ -267,12 +274,8 @@ fn merge(fields: HashMap<String, Vec<u8>>) -> Result<RunReport, ProbeError> {
             other => return Err(corrupt(format!("unknown field kind {other:?}"))),
         }
     }
+    report.consumers = consumers.len();
     Ok(report)
-}
-
-/// Deletes a run's hash.
-pub async fn delete(conn: &mut impl redis::aio::ConnectionLike, keys: &Keys, run: &Uuid) -> redis::RedisResult<()> {
-    redis::cmd("DEL").arg(keys.load_run(&run.hyphenated().to_string())).query_async(conn).await
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use deadpool_redis::Pool;
+use crate::connection::Pool;
 
 use crate::handler::JobFailure;
 use crate::job::JobId;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use deadpool_redis::Pool;
+use jobstream::connection::Pool;
 use jobstream::{results, Job, JobFailure, JobHandler, Keys};
 use opentelemetry::trace::Status;
 use rand::Rng;

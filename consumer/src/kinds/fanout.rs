@@ -4,7 +4,7 @@
 //! Payload: `{"children": 2, "depth": 2, "leaf": "noop"}` (all optional). A job of depth d > 1 enqueues
 //! `children` fanout jobs of depth d-1; a job of depth 1 enqueues `children` jobs of kind `leaf`.
 
-use deadpool_redis::Pool;
+use jobstream::connection::Pool;
 use jobstream::{results, Job, JobFailure, JobHandler, JobKind, Keys, Payload, Producer};
 use serde::{Deserialize, Serialize};
 

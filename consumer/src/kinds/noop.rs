@@ -1,7 +1,7 @@
 //! `noop`: does nothing but, unless its payload says `"record": false`, record that it ran. For load tests
 //! (the load generator sends `{"record": false}`, so a run costs Redis nothing beyond the queue's own work).
 
-use deadpool_redis::Pool;
+use jobstream::connection::Pool;
 use jobstream::{results, Job, JobFailure, JobHandler, Keys};
 use serde::Deserialize;
 

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use deadpool_redis::Pool;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use jobstream::connection::Pool;
 use jobstream::loadprobe::{self, RunReport};
 use jobstream::{Job, JobKind, Keys, Payload, Producer};
 use tokio::sync::Semaphore;
@@ -26,7 +26,7 @@ use report::{Latencies, Percentiles, Report};
 const POLL_EVERY: Duration = Duration::from_millis(200);
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
-    let keys = args.queue.keys()?;
+    let keys = args.queue.partition_keys()?;
     let limits = args.queue.limits();
     let pool = args.redis.pool(args.concurrency as usize + 2, Duration::from_secs(10))?;
     let kind = JobKind::parse(&args.kind)?;
@@ -45,7 +45,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot reach Redis at {}", jobstream::connection::redact(&args.redis.redis_url)))?;
     let progress = Progress::new(!args.no_progress && std::io::stderr().is_terminal(), pace.total());
 
-    let producer = Producer::new(pool.clone(), keys.clone(), limits);
+    let producer = Producer::partitioned(pool.clone(), &args.queue.queue, keys.clone(), limits);
     let sender = Sender { producer, kind, payload, run, counters: Arc::default() };
     let start = Instant::now();
     let start_us = jobstream::clock::now_us();
@@ -65,7 +65,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let drain_seconds = (probe.last_ack_us > start_us).then(|| (probe.last_ack_us - start_us) as f64 / 1e6);
     let report = Report {
         run: run.to_string(),
-        queue: keys.queue().to_string(),
+        queue: args.queue.queue.to_string(),
         kind: args.kind.clone(),
         payload_bytes: sender.payload.as_str().len(),
         offered_rate: args.rate,
@@ -199,12 +199,17 @@ impl Sender {
     }
 }
 
-async fn dead_len(pool: &Pool, keys: &Keys) -> anyhow::Result<u64> {
+/// Dead entries of every partition.
+async fn dead_len(pool: &Pool, keys: &[Keys]) -> anyhow::Result<u64> {
     let mut conn = pool.get().await?;
-    Ok(redis::cmd("XLEN").arg(&keys.dead).query_async(&mut conn).await?)
+    let mut total = 0;
+    for partition in keys {
+        total += redis::cmd("XLEN").arg(&partition.dead).query_async::<u64>(&mut conn).await?;
+    }
+    Ok(total)
 }
 
-async fn read_probe(pool: &Pool, keys: &Keys, run: Uuid) -> anyhow::Result<RunReport> {
+async fn read_probe(pool: &Pool, keys: &[Keys], run: Uuid) -> anyhow::Result<RunReport> {
     let mut conn = pool.get().await?;
     Ok(loadprobe::read(&mut conn, keys, &run).await?)
 }
@@ -213,7 +218,7 @@ async fn read_probe(pool: &Pool, keys: &Keys, run: Uuid) -> anyhow::Result<RunRe
 /// the dead-letter count of the run, and whether it timed out.
 async fn wait_drained(
     pool: &Pool,
-    keys: &Keys,
+    keys: &[Keys],
     run: Uuid,
     sent: u64,
     dead_before: u64,
@@ -259,7 +264,7 @@ impl Progress {
     fn poll(
         &self,
         pool: Pool,
-        keys: Keys,
+        keys: Vec<Keys>,
         run: Uuid,
         counters: Arc<Counters>,
         dead_before: u64,

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::Pool;
+use crate::connection::Pool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
