@@ -40,8 +40,13 @@ impl fmt::Debug for RedisArgs {
 impl RedisArgs {
     /// A pool of at most `max_size` connections whose replies may take up to `response_timeout`.
     pub fn pool(&self, max_size: usize, response_timeout: Duration) -> Result<connection::Pool, ConnectError> {
-        let settings =
-            PoolSettings { max_size, response_timeout, ca_file: self.redis_ca_file.clone(), ..PoolSettings::default() };
+        let settings = PoolSettings {
+            max_size,
+            response_timeout,
+            ca_file: self.redis_ca_file.clone(),
+            cluster: self.redis_cluster,
+            ..PoolSettings::default()
+        };
         connection::pool(&self.redis_url, &settings)
     }
 }

@@ -18,6 +18,8 @@ pub struct RedisServer {
     appendonly: bool,
     /// TLS port, when started with [`RedisServer::start_tls`]; certificates are in `dir`.
     tls_port: Option<u16>,
+    /// Further `redis-server` arguments.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -30,7 +32,7 @@ impl RedisServer {
     pub fn start_with(appendonly: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let mut server = Self { child: None, port, dir, appendonly, tls_port: None };
+        let mut server = Self { child: None, port, dir, appendonly, tls_port: None, extra: Vec::new() };
         server.spawn();
         server
     }
@@ -40,7 +42,14 @@ impl RedisServer {
     pub fn start_tls() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         make_certificates(dir.path());
-        let mut server = Self { child: None, port: free_port(), dir, appendonly: false, tls_port: Some(free_port()) };
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            dir,
+            appendonly: false,
+            tls_port: Some(free_port()),
+            extra: Vec::new(),
+        };
         server.spawn();
         server
     }
@@ -74,6 +83,7 @@ impl RedisServer {
             cmd.arg("--tls-cert-file").arg(file("server.pem")).arg("--tls-key-file").arg(file("server.key"));
             cmd.arg("--tls-ca-cert-file").arg(file("ca.pem")).arg("--tls-auth-clients").arg("no");
         }
+        cmd.args(&self.extra);
         if self.appendonly {
             cmd.arg("--appendonly").arg("yes").arg("--appendfsync").arg("always");
         } else {
@@ -126,6 +136,83 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Redis Cluster of primaries on loopback, each persisting to an AOF (fsync always), created with
+/// `redis-cli --cluster create`. Surviving shards keep serving when one dies (`cluster-require-full-coverage no`).
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `n` nodes and joins them into a cluster, waiting until every node reports `cluster_state:ok`.
+    pub fn start(n: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..n)
+            .map(|_| {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let extra = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-require-full-coverage",
+                    "no",
+                    "--cluster-port",
+                    &free_port().to_string(),
+                ];
+                let mut node = RedisServer {
+                    child: None,
+                    port: free_port(),
+                    dir,
+                    appendonly: true,
+                    tls_port: None,
+                    extra: extra.iter().map(|s| s.to_string()).collect(),
+                };
+                node.spawn();
+                node
+            })
+            .collect();
+        let addresses: Vec<String> = nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed");
+        assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        let cluster = Self { nodes };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits until every running node says `cluster_state:ok`.
+    pub fn wait_ok(&self) {
+        wait_until(Duration::from_secs(30), "cluster_state:ok on every node", || {
+            self.nodes.iter().filter(|node| node.child.is_some()).all(|node| {
+                redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query::<String>(&mut node.conn())
+                    .is_ok_and(|info| info.contains("cluster_state:ok"))
+            })
+        });
+    }
+
+    /// Seed URLs for `--redis-cluster`: every node, comma-separated.
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(RedisServer::url).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// What a plain connection to one cluster node answers for `cmd` on a key it may not own: `None` on MOVED.
+pub fn on_node<T: redis::FromRedisValue>(node: &RedisServer, cmd: &redis::Cmd) -> Option<T> {
+    match cmd.query::<T>(&mut node.conn()) {
+        Ok(value) => Some(value),
+        Err(e) if e.to_string().to_ascii_uppercase().contains("MOVED") => None,
+        Err(e) => panic!("{e}"),
     }
 }
 
