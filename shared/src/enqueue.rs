@@ -137,12 +137,16 @@ impl Producer {
             group.0.push(i);
             group.1.push(job);
         }
+        // One pipeline per partition (a cluster routes a pipeline to one shard), all in flight at once.
+        let (positions, sends): (Vec<Vec<usize>>, Vec<_>) = groups
+            .into_iter()
+            .zip(self.partitions.iter())
+            .filter(|((_, jobs), _)| !jobs.is_empty())
+            .map(|((positions, jobs), keys)| (positions, self.send(keys, jobs)))
+            .unzip();
         let mut out: Vec<Option<Enqueued>> = (0..total).map(|_| None).collect();
-        for ((positions, jobs), keys) in groups.into_iter().zip(self.partitions.iter()) {
-            if jobs.is_empty() {
-                continue;
-            }
-            for (position, done) in positions.into_iter().zip(self.send(keys, jobs).await?) {
+        for (positions, sent) in positions.into_iter().zip(futures_util::future::try_join_all(sends).await?) {
+            for (position, done) in positions.into_iter().zip(sent) {
                 out[position] = Some(done);
             }
         }

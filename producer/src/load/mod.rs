@@ -28,7 +28,8 @@ const POLL_EVERY: Duration = Duration::from_millis(200);
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let keys = args.queue.partition_keys()?;
     let limits = args.queue.limits();
-    let pool = args.redis.pool(args.concurrency as usize + 2, Duration::from_secs(10))?;
+    // A batch in flight sends one pipeline per partition at once.
+    let pool = args.redis.pool(args.concurrency as usize * keys.len() + 2, Duration::from_secs(10))?;
     let kind = JobKind::parse(&args.kind)?;
     let payload = Payload::parse(padded(&args.payload, args.payload_bytes)?, &limits)?;
     let pace = Pace {
