@@ -130,7 +130,8 @@ pub async fn dead_show<C: ConnectionLike>(
     Ok(reply.ids.into_iter().next().map(|e| DeadEntry { dead_id: e.id, fields: lossy(e.map) }))
 }
 
-fn lossy(map: HashMap<String, redis::Value>) -> std::collections::BTreeMap<String, String> {
+/// An entry's fields as text (invalid UTF-8 replaced, non-string values in their debug form).
+pub fn lossy(map: HashMap<String, redis::Value>) -> std::collections::BTreeMap<String, String> {
     map.into_iter()
         .map(|(k, v)| {
             let text = match v {

@@ -482,30 +482,14 @@ pub fn job_fields(kind: &str) -> Vec<(String, String)> {
 }
 
 /// The dead stream's entries, fields as text.
-pub fn dead_entries(conn: &mut redis::Connection, queue: &str) -> Vec<std::collections::HashMap<String, String>> {
+pub fn dead_entries(conn: &mut redis::Connection, queue: &str) -> Vec<std::collections::BTreeMap<String, String>> {
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(format!("jobstream:{{{queue}}}:dead"))
         .arg("-")
         .arg("+")
         .query(conn)
         .expect("XRANGE dead");
-    reply
-        .ids
-        .into_iter()
-        .map(|entry| {
-            entry
-                .map
-                .into_iter()
-                .map(|(k, v)| {
-                    let text = match v {
-                        redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-                        other => format!("{other:?}"),
-                    };
-                    (k, text)
-                })
-                .collect()
-        })
-        .collect()
+    reply.ids.into_iter().map(|entry| jobstream::admin::lossy(entry.map)).collect()
 }
 
 /// Length of a key's stream (0 when missing).
