@@ -108,3 +108,26 @@ fn bad_arguments_are_refused_before_anything_is_sent() {
     let mut conn = redis.conn();
     assert_eq!(xlen(&mut conn, "jobstream:{args}"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_queue_is_measured_across_its_partitions() {
+    let redis = RedisServer::start();
+    let sink = OtlpSink::start().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let worker = Service::spawn(
+        consumer(&redis, &sink, "parts", "only", &["--partitions", "3", "--concurrency", "12"]),
+        logs.path(),
+        "only",
+    );
+    let addr = worker.listen_addr();
+    wait_until(Duration::from_secs(20), "groups on every partition", || http_get(addr, "/readyz").0 == 200);
+    let (out, report) = load(&redis, &sink, &["--queue", "parts", "--partitions", "3", "--jobs", "600", "--wait"]);
+    assert!(out.status.success(), "{report}");
+    assert_eq!((report["sent"].as_u64(), report["done"].as_u64()), (Some(600), Some(600)), "{report}");
+    assert_eq!(report["consumers"], 1, "one process, counted once over its partitions: {report}");
+    let mut conn = redis.conn();
+    let per_partition: Vec<u64> = (0..3).map(|i| xlen(&mut conn, &format!("jobstream:{{parts:{i}}}"))).collect();
+    assert_eq!(per_partition.iter().sum::<u64>(), 600, "{per_partition:?}");
+    assert!(per_partition.iter().all(|&n| n > 100), "jobs spread over the partitions: {per_partition:?}");
+    assert_eq!(xlen(&mut conn, "jobstream:{parts}"), 0, "nothing on the unpartitioned stream");
+}
