@@ -7,10 +7,11 @@ mod enqueue;
 mod load;
 mod serve;
 
+use std::future::Future;
 use std::time::Duration;
 
 use clap::Parser;
-use jobstream::telemetry;
+use jobstream::telemetry::{self, TelemetrySettings};
 
 /// jemalloc: the job path allocates small, short-lived objects on many threads (and spans are freed on the
 /// exporter's thread), where glibc's malloc spent a quarter of the consumer's CPU (see bench/RESULTS.md).
@@ -20,35 +21,28 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
+    let settings = || TelemetrySettings::from_env(SERVICE);
     match cli.command {
-        cli::Command::Enqueue(args) => {
-            let telemetry = telemetry::init("jobstream-producer")?;
-            let result = enqueue::run(args).await;
-            telemetry.shutdown(Duration::from_secs(10)).await;
-            result
-        }
+        cli::Command::Enqueue(args) => traced(settings()?, enqueue::run(args)).await,
         cli::Command::Load(args) => {
-            let mut settings = telemetry::TelemetrySettings::from_env("jobstream-producer")?;
+            let mut settings = settings()?;
             // Bursts at full speed (~100,000 jobs/s, one `send` span each) outrun the exporter: buffer ~64 MB of spans.
             settings.span_queue = 1 << 16;
-            let telemetry = telemetry::init_with(settings)?;
-            let result = load::run(args).await;
-            telemetry.shutdown(Duration::from_secs(10)).await;
-            result
+            traced(settings, load::run(args)).await
         }
         cli::Command::Demo(args) => demo::run(args).await,
         cli::Command::Stats(args) => admin::stats(args).await,
-        cli::Command::Serve(args) => {
-            let telemetry = telemetry::init("jobstream-producer")?;
-            let result = serve::run(args).await;
-            telemetry.shutdown(Duration::from_secs(10)).await;
-            result
-        }
-        cli::Command::Dead(command) => {
-            let telemetry = telemetry::init("jobstream-producer")?;
-            let result = admin::dead(command).await;
-            telemetry.shutdown(Duration::from_secs(10)).await;
-            result
-        }
+        cli::Command::Serve(args) => traced(settings()?, serve::run(args)).await,
+        cli::Command::Dead(command) => traced(settings()?, admin::dead(command)).await,
     }
+}
+
+const SERVICE: &str = "jobstream-producer";
+
+/// Runs `work` with telemetry installed from `settings`, and flushes its spans before returning its result.
+async fn traced(settings: TelemetrySettings, work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let telemetry = telemetry::init_with(settings)?;
+    let result = work.await;
+    telemetry.shutdown(Duration::from_secs(10)).await;
+    result
 }
