@@ -53,13 +53,14 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let poller = progress.poll(pool.clone(), keys.clone(), run, sender.counters.clone(), dead_before);
     let sent = sender.send_all(&pace, &args, start, start_us).await;
     let enqueue_seconds = start.elapsed().as_secs_f64();
+    // From here on the wait polls Redis anyway; it updates the bar itself.
+    poller.abort();
 
     let (probe, dead, timed_out) = if args.wait && sent.ok > 0 {
-        wait_drained(&pool, &keys, run, sent.ok, dead_before, args.timeout).await?
+        wait_drained(&pool, &keys, run, sent.ok, dead_before, args.timeout, &progress).await?
     } else {
         (read_probe(&pool, &keys, run).await?, dead_len(&pool, &keys).await?.saturating_sub(dead_before), false)
     };
-    poller.abort();
     progress.finish();
 
     let done = probe.ack.len();
@@ -224,11 +225,13 @@ async fn wait_drained(
     sent: u64,
     dead_before: u64,
     timeout: Duration,
+    progress: &Progress,
 ) -> anyhow::Result<(RunReport, u64, bool)> {
     let deadline = Instant::now() + timeout;
     loop {
         let probe = read_probe(pool, keys, run).await?;
         let dead = dead_len(pool, keys).await?.saturating_sub(dead_before);
+        progress.show(sent, probe.ack.len(), dead);
         if probe.ack.len() + dead >= sent {
             return Ok((probe, dead, false));
         }
@@ -240,8 +243,10 @@ async fn wait_drained(
 }
 
 /// The progress line on stderr: jobs sent, done, dead, and the rates.
+#[derive(Clone)]
 struct Progress {
     bar: ProgressBar,
+    start: Instant,
 }
 
 impl Progress {
@@ -258,10 +263,21 @@ impl Progress {
         if !visible {
             bar.set_draw_target(ProgressDrawTarget::hidden());
         }
-        Self { bar }
+        Self { bar, start: Instant::now() }
     }
 
-    /// Polls Redis for completion while the bar is shown; nothing when it is hidden.
+    /// Shows jobs sent, done and dead, with rates since the start.
+    fn show(&self, sent: u64, done: u64, dead: u64) {
+        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
+        self.bar.set_position(done);
+        self.bar.set_message(format!(
+            "sent {sent} ({:.0}/s) dead {dead} ({:.0} done/s)",
+            sent as f64 / secs,
+            done as f64 / secs
+        ));
+    }
+
+    /// Polls Redis for completion while jobs are being sent and the bar is shown; nothing when it is hidden.
     fn poll(
         &self,
         pool: Pool,
@@ -270,24 +286,16 @@ impl Progress {
         counters: Arc<Counters>,
         dead_before: u64,
     ) -> tokio::task::JoinHandle<()> {
-        let bar = self.bar.clone();
+        let progress = self.clone();
         tokio::spawn(async move {
-            if bar.is_hidden() {
+            if progress.bar.is_hidden() {
                 return;
             }
-            let start = Instant::now();
             loop {
                 tokio::time::sleep(POLL_EVERY).await;
-                let sent = counters.ok.load(Ordering::Relaxed);
                 let done = read_probe(&pool, &keys, run).await.map(|p| p.ack.len()).unwrap_or(0);
                 let dead = dead_len(&pool, &keys).await.unwrap_or(dead_before).saturating_sub(dead_before);
-                let secs = start.elapsed().as_secs_f64().max(1e-9);
-                bar.set_position(done);
-                bar.set_message(format!(
-                    "sent {sent} ({:.0}/s) dead {dead} ({:.0} done/s)",
-                    sent as f64 / secs,
-                    done as f64 / secs
-                ));
+                progress.show(counters.ok.load(Ordering::Relaxed), done, dead);
             }
         })
     }
