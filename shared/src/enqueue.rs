@@ -101,11 +101,6 @@ impl Producer {
         &self.partitions[0]
     }
 
-    /// The keys of every partition.
-    pub fn partitions(&self) -> &[Keys] {
-        &self.partitions
-    }
-
     /// The limits applied to jobs.
     pub fn limits(&self) -> &Limits {
         &self.limits

@@ -5,7 +5,6 @@
 //! scrapes. Names follow Prometheus conventions: base units (seconds), `_total` for counters.
 
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -194,13 +193,6 @@ impl Metrics {
             queue_wait: self.queue_wait.get_or_create(&labels).clone(),
             succeeded: self.jobs.get_or_create(&outcome).clone(),
         }
-    }
-
-    /// Records a handler's run time and the job's wait before it.
-    pub fn timed(&self, queue: &str, kind: &str, processing: Duration, wait: Duration) {
-        let labels = JobLabels { queue: queue.into(), kind: kind.into() };
-        self.processing.get_or_create(&labels).observe(processing.as_secs_f64());
-        self.queue_wait.get_or_create(&labels).observe(wait.as_secs_f64());
     }
 
     /// Sets the queue gauges from fresh statistics.

@@ -93,12 +93,10 @@ async fn run_handler(shared: &Shared, job: Job, span: &tracing::Span, mark: Opti
     };
     // A panicking handler fails its job instead of the worker; caught in place, which costs less than a task.
     let result = AssertUnwindSafe(future.instrument(span.clone())).catch_unwind().await;
-    match shared.hot.kinds.get(kind.as_str()) {
-        Some(hot) => {
-            hot.processing.observe(started.elapsed().as_secs_f64());
-            hot.queue_wait.observe(wait.as_secs_f64());
-        }
-        None => shared.metrics.timed(shared.keys.queue().as_str(), kind.as_str(), started.elapsed(), wait),
+    // Every registered kind has its handles, and only a registered kind's job gets this far.
+    if let Some(hot) = shared.hot.kinds.get(kind.as_str()) {
+        hot.processing.observe(started.elapsed().as_secs_f64());
+        hot.queue_wait.observe(wait.as_secs_f64());
     }
     match result {
         Ok(Ok(())) => Outcome::Succeeded,
@@ -123,11 +121,9 @@ async fn settle(
     match outcome {
         Outcome::Succeeded => {
             WorkerStats::add(&stats.succeeded, 1);
-            match shared.hot.kinds.get(kind_of(shared, delivery)) {
-                Some(hot) => {
-                    hot.succeeded.inc();
-                }
-                None => shared.metrics.settled(shared.keys.queue().as_str(), kind_of(shared, delivery), "succeeded"),
+            // Only a registered kind's handler can succeed, so its handles exist.
+            if let Some(hot) = shared.hot.kinds.get(kind_of(shared, delivery)) {
+                hot.succeeded.inc();
             }
             span.add_event("settle", vec![KeyValue::new(semconv::SETTLE_OUTCOME, "ack")]);
             if !acks.send(delivery.message_id.clone(), mark) {
