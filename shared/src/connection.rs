@@ -168,8 +168,7 @@ pub fn pool(url: &str, settings: &PoolSettings) -> Result<Pool, ConnectError> {
         }
     };
     if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
-        // rustls needs a process-wide crypto provider; a second install (another pool) is refused harmlessly.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_tls_provider();
     }
     let manager = Manager::new_with_config(info, config).map_err(invalid)?;
     Ok(Pool::Single(
@@ -193,8 +192,8 @@ fn cluster_pool(urls: &str, settings: &PoolSettings) -> Result<Pool, ConnectErro
         .connection_timeout(settings.connect_timeout)
         .build()
         .map_err(invalid)?;
-    if client_uses_tls(urls) {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+    if urls.split(',').any(|u| u.trim_start().starts_with("rediss://")) {
+        install_tls_provider();
     }
     let pool = deadpool::managed::Pool::builder(ClusterManager { client })
         .max_size(settings.max_size)
@@ -206,8 +205,9 @@ fn cluster_pool(urls: &str, settings: &PoolSettings) -> Result<Pool, ConnectErro
     Ok(Pool::Cluster(pool))
 }
 
-fn client_uses_tls(urls: &str) -> bool {
-    urls.split(',').any(|u| u.trim_start().starts_with("rediss://"))
+/// rustls needs a process-wide crypto provider; a second install (another pool) is refused harmlessly.
+fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The URL with its password replaced by `***`, for logs and error messages.
