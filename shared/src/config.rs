@@ -25,6 +25,9 @@ pub struct RedisArgs {
     /// others and follows MOVED/ASK redirections.
     #[arg(long, env = "JOBSTREAM_REDIS_CLUSTER")]
     pub redis_cluster: bool,
+    /// How long opening a Redis connection may take, TLS handshake and authentication included.
+    #[arg(long, env = "JOBSTREAM_REDIS_CONNECT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub redis_connect_timeout: Duration,
 }
 
 impl fmt::Debug for RedisArgs {
@@ -33,6 +36,7 @@ impl fmt::Debug for RedisArgs {
             .field("redis_url", &connection::redact(&self.redis_url))
             .field("redis_ca_file", &self.redis_ca_file)
             .field("redis_cluster", &self.redis_cluster)
+            .field("redis_connect_timeout", &self.redis_connect_timeout)
             .finish()
     }
 }
@@ -45,7 +49,7 @@ impl RedisArgs {
             response_timeout,
             ca_file: self.redis_ca_file.clone(),
             cluster: self.redis_cluster,
-            ..PoolSettings::default()
+            connect_timeout: self.redis_connect_timeout,
         };
         connection::pool(&self.redis_url, &settings)
     }

@@ -30,9 +30,12 @@ impl RedisServer {
 
     /// Starts a server; with `appendonly`, every write is fsynced to an AOF so a restart keeps it.
     pub fn start_with(appendonly: bool) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let mut server = Self { child: None, port, dir, appendonly, tls_port: None, extra: Vec::new() };
+        Self::launch(tempfile::tempdir().expect("temp dir"), appendonly, None, Vec::new())
+    }
+
+    /// Starts a server on a free port with its data in `dir`, and waits until it answers.
+    fn launch(dir: tempfile::TempDir, appendonly: bool, tls_port: Option<u16>, extra: Vec<String>) -> Self {
+        let mut server = Self { child: None, port: free_port(), dir, appendonly, tls_port, extra };
         server.spawn();
         server
     }
@@ -42,16 +45,7 @@ impl RedisServer {
     pub fn start_tls() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         make_certificates(dir.path());
-        let mut server = Self {
-            child: None,
-            port: free_port(),
-            dir,
-            appendonly: false,
-            tls_port: Some(free_port()),
-            extra: Vec::new(),
-        };
-        server.spawn();
-        server
+        Self::launch(dir, false, Some(free_port()), Vec::new())
     }
 
     /// `rediss://<userinfo>@127.0.0.1:<tls port>`.
@@ -163,16 +157,7 @@ impl RedisCluster {
                     "--cluster-port",
                     &free_port().to_string(),
                 ];
-                let mut node = RedisServer {
-                    child: None,
-                    port: free_port(),
-                    dir,
-                    appendonly: true,
-                    tls_port: None,
-                    extra: extra.iter().map(|s| s.to_string()).collect(),
-                };
-                node.spawn();
-                node
+                RedisServer::launch(dir, true, None, extra.iter().map(|s| s.to_string()).collect())
             })
             .collect();
         let addresses: Vec<String> = nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)).collect();
