@@ -8,10 +8,14 @@
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 ARG BUILDER_IMAGE=rust:1-bookworm
 
+# ca-certificates: the system's CA bundle (/etc/ssl/certs/ca-certificates.crt), which the binaries trust for
+# `rediss://` to a managed Redis and for HTTPS/gRPC-TLS OTLP endpoints; bookworm-slim does not have it.
 FROM ${RUNTIME_IMAGE} AS base
-RUN (command -v useradd >/dev/null || (apt-get update && apt-get install -y --no-install-recommends passwd)) \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin jobstream \
-    && rm -rf /var/lib/apt/lists/*
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates passwd \
+    && rm -rf /var/lib/apt/lists/* \
+    && test -s /etc/ssl/certs/ca-certificates.crt \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin jobstream
 ENV JOBSTREAM_LOG_FORMAT=json
 EXPOSE 8080 9090
 USER 10001:10001

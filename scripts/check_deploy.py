@@ -3,10 +3,19 @@
 
 Schema validity is checked by scripts/check-deploy (check-jsonschema, kubernetes-validate); this script checks
 what schemas cannot: that names agree across files (ScaledObject stream/group = the consumer's config, Service
-names = the hosts in the ConfigMap's URLs, probe ports = the listen address the binaries are given), that every
-JOBSTREAM_* variable the files set is one the binaries read, that grace periods outlast the drain, and that the
-probe paths answer on the real binaries. Exits non-zero with one line per problem.
+names = the hosts in the ConfigMap's and Secret's URLs, probe ports = the listen address the binaries are
+given), that every JOBSTREAM_* variable the files set is one the binaries read, that grace periods outlast the
+drain, and that the probe paths answer on the real binaries. And what only shows when applied for real:
+- every container that talks to Redis (producer, consumer, load test) reads REDIS_URL from the one Secret
+  jobstream-redis, and no ConfigMap sets REDIS_URL;
+- KEDA's ScaledObject logs in through a TriggerAuthentication that exists, whose Secret keys exist and agree
+  with REDIS_URL (user, password, tls=enable exactly when the URL is rediss://, the address = the URL's host);
+- images: every image is tagged (not :latest); in the production overlays jobstream's image names a registry,
+  is not :local, and is the same in every production overlay and the load test (one `images:` line);
+- the runtime image installs ca-certificates (rediss:// and HTTPS OTLP need the system's CAs).
+Exits non-zero with one line per problem.
 """
+import base64
 import json
 import os
 import re
@@ -16,7 +25,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import yaml
 
@@ -60,6 +69,153 @@ def find(docs, kind, name):
     return next((d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name), None)
 
 
+SECRET = "jobstream-redis"  # the Secret every Redis client reads REDIS_URL from
+PRODUCTION = ["k8s/overlays/prod", "k8s/overlays/prod-managed-redis", "k8s/overlays/prod/loadtest"]
+DEVELOPMENT = ["k8s/overlays/dev", "k8s/overlays/dev/loadtest"]
+
+
+def secret_data(docs, name):
+    """The decoded data of Secret `name` in the rendered docs, or None."""
+    secret = find(docs, "Secret", name)
+    if secret is None:
+        return None
+    data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    data.update(secret.get("stringData") or {})
+    return data
+
+
+def pod_specs(docs):
+    """(workload name, pod spec) of every workload in the rendered docs."""
+    for d in docs:
+        spec = d.get("spec", {})
+        if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            yield d["metadata"]["name"], spec["template"]["spec"]
+        elif d["kind"] == "CronJob":
+            yield d["metadata"]["name"], spec["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def containers(pod):
+    return pod.get("initContainers", []) + pod.get("containers", [])
+
+
+def image_repository(image):
+    """registry.example.com/jobstream:0.1.0 -> registry.example.com/jobstream"""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return name[: len(name) - len(last)] + last.split(":", 1)[0]
+
+
+def is_jobstream(container):
+    return image_repository(container["image"]).rsplit("/", 1)[-1] == "jobstream" or \
+        (container.get("command") or [""])[0] in ("producer", "consumer")
+
+
+def check_redis_clients(path, docs):
+    """Every container that talks to Redis reads REDIS_URL from the Secret; no ConfigMap carries it."""
+    for cm in [d for d in docs if d["kind"] == "ConfigMap"]:
+        check("REDIS_URL" not in (cm.get("data") or {}),
+              f"{path}: ConfigMap {cm['metadata']['name']} sets REDIS_URL: it belongs in the Secret {SECRET}")
+    clients = 0
+    for workload, pod in pod_specs(docs):
+        for c in containers(pod):
+            if not is_jobstream(c):
+                continue
+            clients += 1
+            refs = [e.get("valueFrom", {}).get("secretKeyRef") for e in c.get("env", []) if e["name"] == "REDIS_URL"]
+            check(refs == [{"name": SECRET, "key": "REDIS_URL"}],
+                  f"{path}: {workload}/{c['name']} does not read REDIS_URL from Secret {SECRET} key REDIS_URL ({refs})")
+    check(clients > 0, f"{path}: no container runs jobstream")
+    secret = secret_data(docs, SECRET)
+    if any(d["kind"] in ("Deployment", "ScaledObject") for d in docs):  # an overlay, not the load test alone
+        check(secret is not None and "REDIS_URL" in secret, f"{path}: no Secret {SECRET} with a key REDIS_URL")
+    return secret
+
+
+def check_keda_auth(path, docs, namespace, secret):
+    """ScaledObject -> TriggerAuthentication -> Secret keys, and their agreement with REDIS_URL."""
+    auths = {d["metadata"]["name"]: d for d in docs if d["kind"] == "TriggerAuthentication"}
+    redis_url = urlparse(secret["REDIS_URL"]) if secret and "REDIS_URL" in secret else None
+    for scaled in [d for d in docs if d["kind"] == "ScaledObject"]:
+        for trigger in scaled["spec"]["triggers"]:
+            ref = trigger.get("authenticationRef") or {}
+            check(ref.get("kind", "TriggerAuthentication") == "TriggerAuthentication" and ref.get("name") in auths,
+                  f"{path}: ScaledObject trigger's authenticationRef {ref} names no TriggerAuthentication here")
+            meta = trigger["metadata"]
+            for key in ("password", "passwordFromEnv", "username", "usernameFromEnv", "enableTLS"):
+                check(key not in meta, f"{path}: ScaledObject metadata sets {key}: it comes from the TriggerAuthentication")
+            auth = auths.get(ref.get("name"))
+            if auth is None:
+                continue
+            params = {}
+            for target in auth["spec"].get("secretTargetRef", []):
+                data = secret_data(docs, target["name"])
+                check(data is not None and target["key"] in data,
+                      f"{path}: TriggerAuthentication {auth['metadata']['name']} parameter {target['parameter']}: "
+                      f"Secret {target['name']} has no key {target['key']!r}")
+                if data is not None and target["key"] in data:
+                    params[target["parameter"]] = data[target["key"]]
+            for parameter in ("username", "password", "tls"):
+                check(parameter in params, f"{path}: TriggerAuthentication gives KEDA no {parameter}")
+            if redis_url is None:
+                continue
+            tls = params.get("tls", "disable")
+            check(tls in ("enable", "disable"), f"{path}: KEDA tls is {tls!r}, not enable or disable")
+            check((tls == "enable") == (redis_url.scheme == "rediss"),
+                  f"{path}: KEDA tls={tls} but REDIS_URL is {redis_url.scheme}://")
+            check(params.get("password", "") == unquote(redis_url.password or ""),
+                  f"{path}: KEDA's password differs from REDIS_URL's")
+            check(params.get("username", "") == unquote(redis_url.username or "") or
+                  (not params.get("username") and redis_url.username in (None, "", "default")),
+                  f"{path}: KEDA's username {params.get('username')!r} differs from REDIS_URL's")
+            host, port = meta["address"].rsplit(":", 1)
+            check(host in (redis_url.hostname, f"{redis_url.hostname}.{namespace}.svc.cluster.local"),
+                  f"{path}: ScaledObject address {host} is not REDIS_URL's host {redis_url.hostname} (namespace {namespace})")
+            check(int(port) == (redis_url.port or 6379), f"{path}: ScaledObject port {port} != REDIS_URL's {redis_url.port}")
+
+
+def check_images(path, docs, production):
+    """Every image tagged; in production, jobstream's names a registry and is not :local. Returns jobstream's."""
+    mine = set()
+    for workload, pod in pod_specs(docs):
+        for c in containers(pod):
+            image = c["image"]
+            repository = image_repository(image)
+            tag = image.split("@", 1)[0][len(repository):].lstrip(":")
+            check(tag or "@" in image, f"{path}: {workload}/{c['name']} image {image} has no tag")
+            check(tag != "latest", f"{path}: {workload}/{c['name']} image {image} is :latest")
+            if not is_jobstream(c):
+                continue
+            mine.add(image)
+            if production:
+                first = repository.split("/", 1)[0]
+                check("/" in repository and ("." in first or ":" in first or first == "localhost"),
+                      f"{path}: {workload}/{c['name']} image {image} names no registry: no cluster can pull it")
+                check(tag != "local", f"{path}: {workload}/{c['name']} image {image} is a local build")
+    return mine
+
+
+def check_dockerfile():
+    """The runtime stages derive from a base that installs the system's CA certificates."""
+    with open(os.path.join(ROOT, "Dockerfile")) as f:
+        text = re.sub(r"\\\n", " ", f.read())
+    stages, current = {}, None
+    for line in text.splitlines():
+        m = re.match(r"\s*FROM\s+(\S+)(?:\s+AS\s+(\S+))?", line, re.I)
+        if m:
+            current = m[2] or m[1]
+            stages[current] = {"from": m[1], "run": ""}
+        elif current and re.match(r"\s*RUN\s", line, re.I):
+            stages[current]["run"] += line
+
+    def installs_ca(stage, seen=()):
+        if stage not in stages or stage in seen:
+            return False
+        return "ca-certificates" in stages[stage]["run"] or installs_ca(stages[stage]["from"], seen + (stage,))
+
+    for stage in ("prebuilt", "runtime"):
+        check(installs_ca(stage), f"Dockerfile: stage {stage} has no ca-certificates (rediss:// and HTTPS OTLP need them)")
+
+
 def container_env(container, configmap):
     env = dict(configmap.get("data", {})) if configmap else {}
     env.update({e["name"]: e.get("value", "") for e in container.get("env", [])})
@@ -75,10 +231,13 @@ def check_overlay(path, env_of_binary):
     for name in data:
         if name.startswith("JOBSTREAM_") or name == "REDIS_URL":
             check(any(name in read for read in env_of_binary.values()), f"{path}: ConfigMap sets {name}, which no binary reads")
+    secret = check_redis_clients(path, docs) or {}
     services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
-    for var in ["REDIS_URL", "OTEL_EXPORTER_OTLP_ENDPOINT"]:
-        url = urlparse(data[var])
-        svc = services.get(url.hostname)
+    for var, value in [("REDIS_URL", secret.get("REDIS_URL", "")), ("OTEL_EXPORTER_OTLP_ENDPOINT", data["OTEL_EXPORTER_OTLP_ENDPOINT"])]:
+        url = urlparse(value)
+        if url.hostname and "." in url.hostname and not url.hostname.endswith(".svc.cluster.local"):
+            continue  # a host outside the cluster (a managed Redis, a vendor's collector)
+        svc = services.get((url.hostname or "").split(".")[0])
         check(svc is not None, f"{path}: {var} names host {url.hostname!r}, which is no Service")
         if svc:
             ports = [p["port"] for p in svc["spec"]["ports"]]
@@ -124,18 +283,15 @@ def check_overlay(path, env_of_binary):
             check(meta["stream"] == f"{prefix}:{{{queue}}}", f"{path}: ScaledObject stream {meta['stream']!r} != {prefix}:{{{queue}}}")
             check(meta["consumerGroup"] == group, f"{path}: ScaledObject group {meta['consumerGroup']!r} != {group!r}")
             check(int(meta["lagCount"]) > 0, f"{path}: ScaledObject lagCount must be positive")
-            host, port = meta["address"].rsplit(":", 1)
-            redis_url = urlparse(data["REDIS_URL"])
-            check(host in (redis_url.hostname, f"{redis_url.hostname}.{namespace}.svc.cluster.local"),
-                  f"{path}: ScaledObject address {host} is not Service {redis_url.hostname} in namespace {namespace}")
-            check(int(port) == redis_url.port, f"{path}: ScaledObject port {port} != {redis_url.port}")
+    check_keda_auth(path, docs, namespace, secret)
     for hpa in [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]:
         check(hpa["spec"]["scaleTargetRef"]["name"] == "jobstream-consumer", f"{path}: HPA targets the wrong Deployment")
     return docs
 
 
-def check_loadtest(env_of_binary):
-    docs = render("k8s/loadtest")
+def check_loadtest(path):
+    docs = render(path)
+    check_redis_clients(path, docs)
     job = find(docs, "Job", "jobstream-loadtest")
     container = job["spec"]["template"]["spec"]["containers"][0]
     check(container["command"] == ["producer"] and container["args"][0] == "load", "loadtest: must run `producer load`")
@@ -143,6 +299,7 @@ def check_loadtest(env_of_binary):
     check(any(a == "--jobs" for a in container["args"]), "loadtest: the Job must be bounded in count (--jobs)")
     refs = [e["configMapRef"]["name"] for e in container.get("envFrom", []) if "configMapRef" in e]
     check(refs == ["jobstream-config"], f"loadtest: reads ConfigMap {refs}, not jobstream-config")
+    return docs
 
 
 def check_compose(env_of_binary):
@@ -152,6 +309,7 @@ def check_compose(env_of_binary):
     for name, binary in [("producer", "producer"), ("consumer", "consumer"), ("loadtest", "producer")]:
         svc = services[name]
         check(svc["entrypoint"] == [binary], f"compose: {name} runs {svc['entrypoint']}")
+        check("REDIS_URL" in svc["environment"], f"compose: {name} has no REDIS_URL")
         for var, value in svc["environment"].items():
             if var.startswith("JOBSTREAM_") or var == "REDIS_URL":
                 check(var in env_of_binary[binary], f"compose: {name} sets {var}, which {binary} does not read")
@@ -219,9 +377,16 @@ def check_probe_paths_on_binaries(docs):
 def main():
     env_of_binary = {b: binary_env_vars(b) for b in ["consumer", "producer"]}
     docs = None
-    for overlay in ["k8s/overlays/dev", "k8s/overlays/prod"]:
-        docs = check_overlay(overlay, env_of_binary)
-    check_loadtest(env_of_binary)
+    rendered = {}
+    for overlay in ["k8s/overlays/dev", "k8s/overlays/prod", "k8s/overlays/prod-managed-redis"]:
+        docs = rendered[overlay] = check_overlay(overlay, env_of_binary)
+    for loadtest in ["k8s/overlays/prod/loadtest", "k8s/overlays/dev/loadtest"]:
+        rendered[loadtest] = check_loadtest(loadtest)
+    for group, production in [(PRODUCTION, True), (DEVELOPMENT, False)]:
+        images = {path: check_images(path, rendered[path], production) for path in group}
+        distinct = set().union(*images.values())
+        check(len(distinct) == 1, f"jobstream's image differs between {', '.join(group)}: {images}")
+    check_dockerfile()
     check_compose(env_of_binary)
     check_probe_paths_on_binaries(docs)
     for p in problems:
