@@ -198,7 +198,7 @@ pub async fn replay<C: ConnectionLike>(conn: &mut C, keys: &Keys, dead_id: &str)
     }
     job.trace = propagation::inject(&span.context()).unwrap_or_default();
     let mut invocation = REPLAY_DEAD.key(&keys.dead);
-    invocation.key(&keys.stream).arg(dead_id);
+    invocation.key(&keys.stream).arg(dead_id).arg(crate::queue::MAX_SCRIPT_VALUES);
     for (name, value) in job.to_fields() {
         invocation.arg(name).arg(value);
     }

@@ -54,7 +54,15 @@ pub enum DecodeError {
     InvalidField { field: &'static str, reason: String },
     #[error("payload is {size} bytes; the limit is {limit}")]
     PayloadTooLarge { size: usize, limit: usize },
+    #[error("a field name is not valid UTF-8: {0:?}")]
+    NameNotUtf8(String),
+    #[error("the entry has {count} fields; a job has at most {MAX_FIELDS}")]
+    TooManyFields { count: usize },
 }
+
+/// Most fields a job's entry may have: the wire format's nine plus room for other producers' own fields.
+/// A wider entry is dead-lettered as undecodable.
+pub const MAX_FIELDS: usize = 256;
 
 /// Why a job could not be built for enqueueing.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -244,6 +252,22 @@ fn invalid(field: &'static str, reason: impl fmt::Display) -> DecodeError {
     DecodeError::InvalidField { field, reason: reason.to_string() }
 }
 
+/// Converts an entry's fields, byte for byte as Redis holds them, into [`Fields`]: names and values must be
+/// UTF-8 text and there may be at most [`MAX_FIELDS`] of them.
+pub fn fields_from_raw(raw: &[(Vec<u8>, Vec<u8>)]) -> Result<Fields, DecodeError> {
+    if raw.len() > MAX_FIELDS {
+        return Err(DecodeError::TooManyFields { count: raw.len() });
+    }
+    raw.iter()
+        .map(|(name, value)| {
+            let name = std::str::from_utf8(name)
+                .map_err(|_| DecodeError::NameNotUtf8(String::from_utf8_lossy(name).into_owned()))?;
+            let value = std::str::from_utf8(value).map_err(|_| DecodeError::NotUtf8(name.to_owned()))?;
+            Ok((name.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
 /// Converts a stream entry as redis-rs returns it into [`Fields`]; values must be UTF-8 text.
 pub fn fields_from_redis(map: impl IntoIterator<Item = (String, redis::Value)>) -> Result<Fields, DecodeError> {
     map.into_iter()
@@ -322,6 +346,18 @@ mod tests {
             Job::from_fields(wire(&sample()), &Limits { max_payload_bytes: 3 }),
             Err(DecodeError::PayloadTooLarge { size: 7, limit: 3 })
         ));
+    }
+
+    #[test]
+    fn raw_fields_are_checked_name_by_name() {
+        let ok = vec![(b"v".to_vec(), b"1".to_vec())];
+        assert_eq!(fields_from_raw(&ok).unwrap().get("v").map(String::as_str), Some("1"));
+        let bad_name = vec![(vec![0xff, b'x'], b"1".to_vec())];
+        assert!(matches!(fields_from_raw(&bad_name), Err(DecodeError::NameNotUtf8(_))));
+        let bad_value = vec![(b"payload".to_vec(), vec![0xc3])];
+        assert_eq!(fields_from_raw(&bad_value), Err(DecodeError::NotUtf8("payload".into())));
+        let wide: Vec<_> = (0..=MAX_FIELDS).map(|i| (i.to_string().into_bytes(), Vec::new())).collect();
+        assert_eq!(fields_from_raw(&wide), Err(DecodeError::TooManyFields { count: MAX_FIELDS + 1 }));
     }
 
     #[test]

@@ -8,7 +8,6 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
-use redis::streams::StreamReadReply;
 
 use crate::keys::{GroupName, Keys};
 
@@ -18,34 +17,43 @@ static SCHEDULE_RETRY: LazyLock<redis::Script> =
 static PROMOTE_DUE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("lua/promote_due.lua")));
 static RENEW_CLAIMS: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/renew_claims.lua")));
+static CLAIM_STALE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("lua/claim_stale.lua")));
+static ENSURE_GROUP: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("lua/ensure_group.lua")));
+
+/// Most values (field names plus values) one XADD issued from a Lua script may carry: Lua's `unpack` fails
+/// past about 8,000, and a script must never fail halfway. Wider entries are dead-lettered packed into one
+/// field (see `lua/dead_letter.lua`); wider delayed members are dead-lettered whole.
+pub const MAX_SCRIPT_VALUES: usize = 7000;
+
+/// An entry's fields exactly as Redis holds them: names and values are bytes, in the entry's order.
+pub type RawFields = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// One stream entry as delivered to this consumer.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// The stream entry id.
     pub message_id: String,
-    /// The entry's fields as Redis returned them.
-    pub fields: HashMap<String, redis::Value>,
+    /// The entry's fields, byte for byte.
+    pub fields: RawFields,
     /// How many times the entry has been delivered, this time included.
     pub delivery_count: u64,
     /// When the entry was taken over from another consumer: that consumer and how long the entry had been idle.
     pub reclaimed_from: Option<(String, u64)>,
 }
 
-/// Creates the consumer group at the start of the stream (and the stream itself) unless it exists.
-pub async fn ensure_group<C: ConnectionLike>(conn: &mut C, keys: &Keys, group: &GroupName) -> redis::RedisResult<()> {
-    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&keys.stream)
-        .arg(group.as_str())
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(conn)
-        .await;
-    match created {
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-        other => other,
+impl Delivery {
+    /// The value of the first field named `name`.
+    pub fn field(&self, name: &str) -> Option<&[u8]> {
+        self.fields.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| v.as_slice())
     }
+}
+
+/// Creates the consumer group at the start of the stream (and the stream itself) unless it exists. Runs as a
+/// script allowed under OOM, so consumers can start draining a queue while Redis is at maxmemory.
+pub async fn ensure_group<C: ConnectionLike>(conn: &mut C, keys: &Keys, group: &GroupName) -> redis::RedisResult<()> {
+    let _created: i64 = ENSURE_GROUP.key(&keys.stream).arg(group.as_str()).invoke_async(conn).await?;
+    Ok(())
 }
 
 /// True when the error says the group (or its stream) does not exist, e.g. after a restart without persistence.
@@ -62,7 +70,7 @@ pub async fn read_new<C: ConnectionLike>(
     count: usize,
     block: Duration,
 ) -> redis::RedisResult<Vec<Delivery>> {
-    let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+    let reply: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg(group.as_str())
         .arg(consumer)
@@ -75,12 +83,31 @@ pub async fn read_new<C: ConnectionLike>(
         .arg(">")
         .query_async(conn)
         .await?;
-    Ok(reply
+    // One stream was asked for: its entries are the second item of the first (and only) stream reply.
+    let entries = match reply {
+        redis::Value::Map(streams) => streams.into_iter().next().map(|(_, entries)| entries),
+        other => array(other).into_iter().next().and_then(|stream| array(stream).into_iter().nth(1)),
+    };
+    Ok(entries
+        .map(array)
+        .unwrap_or_default()
         .into_iter()
-        .flat_map(|r| r.keys)
-        .flat_map(|k| k.ids)
-        .map(|entry| Delivery { message_id: entry.id, fields: entry.map, delivery_count: 1, reclaimed_from: None })
+        .filter_map(entry)
+        .map(|(message_id, fields)| Delivery { message_id, fields, delivery_count: 1, reclaimed_from: None })
         .collect())
+}
+
+/// One entry of a stream reply, `[id, [name, value, ...]]`, decoded without assuming any text is UTF-8. An
+/// entry whose fields are gone (nil: deleted while pending) has none.
+fn entry(value: redis::Value) -> Option<(String, RawFields)> {
+    let mut parts = array(value).into_iter();
+    let id = text(parts.next()?);
+    let mut values = parts.next().map(array).unwrap_or_default().into_iter().map(bytes);
+    let mut fields = Vec::with_capacity(values.len() / 2);
+    while let (Some(name), Some(value)) = (values.next(), values.next()) {
+        fields.push((name, value));
+    }
+    Some((id, fields))
 }
 
 /// Acknowledges entries; returns how many were still pending.
@@ -128,27 +155,53 @@ pub struct DeadLetter<'a> {
     pub reason: DeadReason,
     /// The last error, as text.
     pub error: &'a str,
-    /// The consumer that dead-lettered it.
+    /// The consumer that dead-lettered it; the entry must still be pending for it.
     pub consumer: &'a str,
     /// Cap on the dead stream's length; 0 for none.
     pub dead_maxlen: u64,
 }
 
+/// How a settle step ended when Redis ran it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The move happened: the entry is acknowledged and its job is where it was sent.
+    Moved,
+    /// Nothing was written: the entry is no longer pending for this consumer (it was taken over while this
+    /// consumer was paused past the visibility timeout, or already settled).
+    NotOurs,
+}
+
+impl Settled {
+    fn from_reply(moved: i64) -> Self {
+        if moved == 1 {
+            Self::Moved
+        } else {
+            Self::NotOurs
+        }
+    }
+}
+
 /// Moves `delivery` to the dead stream, keeping all its fields (trace context included) byte for byte, and
-/// acknowledges it, atomically. Returns false when the entry was no longer pending (another consumer settled it).
+/// acknowledges it, all or nothing; nothing is written unless the entry is still pending for
+/// `letter.consumer`. On an error nothing was written either: the entry stays pending.
 pub async fn dead_letter<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
     group: &GroupName,
     delivery: &Delivery,
     letter: &DeadLetter<'_>,
-) -> redis::RedisResult<bool> {
+) -> redis::RedisResult<Settled> {
     let mut invocation = DEAD_LETTER.key(&keys.stream);
-    invocation.key(&keys.dead).arg(group.as_str()).arg(&delivery.message_id).arg(letter.dead_maxlen);
-    let mut names: Vec<&String> = delivery.fields.keys().filter(|k| !k.starts_with("dead.")).collect();
-    names.sort_unstable();
-    for name in names {
-        invocation.arg(name).arg(raw_bytes(&delivery.fields[name]));
+    invocation
+        .key(&keys.dead)
+        .arg(group.as_str())
+        .arg(letter.consumer)
+        .arg(&delivery.message_id)
+        .arg(letter.dead_maxlen)
+        .arg(MAX_SCRIPT_VALUES)
+        .arg(12);
+    for (name, value) in delivery.fields.iter().filter(|(name, _)| !name.starts_with(b"dead.")) {
+        invocation.arg(name.as_slice()).arg(value.as_slice());
     }
     invocation
         .arg("dead.reason")
@@ -164,50 +217,76 @@ pub async fn dead_letter<C: ConnectionLike>(
         .arg("dead.at")
         .arg(crate::clock::now_ms());
     let moved: i64 = invocation.invoke_async(conn).await?;
-    Ok(moved == 1)
+    Ok(Settled::from_reply(moved))
 }
 
-fn raw_bytes(value: &redis::Value) -> Vec<u8> {
-    match value {
-        redis::Value::BulkString(bytes) => bytes.clone(),
-        redis::Value::SimpleString(text) => text.as_bytes().to_vec(),
-        redis::Value::Int(n) => n.to_string().into_bytes(),
-        other => format!("{other:?}").into_bytes(),
-    }
-}
-
-/// Acknowledges a failed attempt and puts its successor (`next_fields`, attempt already incremented) in the
-/// delayed set, due at `due_ms`, atomically. Returns false when the entry was no longer pending.
+/// Puts a failed attempt's successor (`next_fields`, attempt already incremented) in the delayed set, due at
+/// `due_ms`, and acknowledges the attempt, all or nothing; nothing is written unless the entry is still
+/// pending for `consumer`.
 pub async fn schedule_retry<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
     group: &GroupName,
+    consumer: &str,
     message_id: &str,
     due_ms: u64,
-    next_fields: &[(&str, String)],
-) -> redis::RedisResult<bool> {
-    let member: Vec<&str> = next_fields.iter().flat_map(|(k, v)| [*k, v.as_str()]).collect();
+    next_fields: &[(&str, &str)],
+) -> redis::RedisResult<Settled> {
+    let member: Vec<&str> = next_fields.iter().flat_map(|(k, v)| [*k, *v]).collect();
     let member = serde_json::to_string(&member).expect("strings always serialize");
     let moved: i64 = SCHEDULE_RETRY
         .key(&keys.stream)
         .key(&keys.delayed)
         .arg(group.as_str())
+        .arg(consumer)
         .arg(message_id)
         .arg(due_ms)
         .arg(member)
         .invoke_async(conn)
         .await?;
-    Ok(moved == 1)
+    Ok(Settled::from_reply(moved))
 }
 
-/// Moves up to `limit` jobs due by `now_ms` from the delayed set to the stream; returns how many moved.
+/// What one run of [`promote_due`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Promoted {
+    /// Due jobs moved to the stream.
+    pub moved: usize,
+    /// Due members that could not become an entry, moved to the dead stream with the reason.
+    pub dead_lettered: usize,
+    /// Due members that could not become an entry and stayed: the dead stream's key holds another type.
+    pub stuck: usize,
+}
+
+impl Promoted {
+    /// Members taken out of the delayed set.
+    pub fn total(&self) -> usize {
+        self.moved + self.dead_lettered + self.stuck
+    }
+}
+
+/// Moves up to `limit` jobs due by `now_ms` from the delayed set to the stream; a member that cannot be moved
+/// goes to the dead stream (capped at `dead_maxlen`, 0 for none) with the reason, so it never blocks the rest.
 pub async fn promote_due<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
     now_ms: u64,
     limit: usize,
-) -> redis::RedisResult<usize> {
-    PROMOTE_DUE.key(&keys.delayed).key(&keys.stream).arg(now_ms).arg(limit).invoke_async(conn).await
+    dead_maxlen: u64,
+    consumer: &str,
+) -> redis::RedisResult<Promoted> {
+    let (moved, dead_lettered, stuck): (usize, usize, usize) = PROMOTE_DUE
+        .key(&keys.delayed)
+        .key(&keys.stream)
+        .key(&keys.dead)
+        .arg(now_ms)
+        .arg(limit)
+        .arg(dead_maxlen)
+        .arg(MAX_SCRIPT_VALUES)
+        .arg(consumer)
+        .invoke_async(conn)
+        .await?;
+    Ok(Promoted { moved, dead_lettered, stuck })
 }
 
 /// Resets the idle time of entries this consumer still owns; returns the ids it no longer owns.
@@ -236,8 +315,8 @@ pub struct Claimed {
 }
 
 /// Takes over up to `count` entries idle for at least `min_idle`, starting at `cursor` (XAUTOCLAIM). The
-/// owner, idle time and delivery count of each are read in the same MULTI, so they describe exactly the
-/// entries claimed.
+/// owner, idle time and delivery count of each are read in the same script, so they describe exactly the
+/// entries claimed; the script runs while Redis is at maxmemory.
 pub async fn claim_stale<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
@@ -247,26 +326,14 @@ pub async fn claim_stale<C: ConnectionLike>(
     cursor: &str,
     count: usize,
 ) -> redis::RedisResult<Claimed> {
-    let min_idle_ms = min_idle.as_millis() as u64;
-    let (pending, claimed): (redis::Value, redis::Value) = redis::pipe()
-        .atomic()
-        .cmd("XPENDING")
-        .arg(&keys.stream)
-        .arg(group.as_str())
-        .arg("IDLE")
-        .arg(min_idle_ms)
-        .arg(cursor)
-        .arg("+")
-        .arg(count)
-        .cmd("XAUTOCLAIM")
-        .arg(&keys.stream)
+    let (pending, claimed): (redis::Value, redis::Value) = CLAIM_STALE
+        .key(&keys.stream)
         .arg(group.as_str())
         .arg(consumer)
-        .arg(min_idle_ms)
+        .arg(min_idle.as_millis() as u64)
         .arg(cursor)
-        .arg("COUNT")
         .arg(count)
-        .query_async(conn)
+        .invoke_async(conn)
         .await?;
     let mut before: HashMap<String, (String, u64, u64)> = HashMap::new();
     for row in array(pending) {
@@ -281,19 +348,10 @@ pub async fn claim_stale<C: ConnectionLike>(
         .map(array)
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|entry| {
-            let mut entry = array(entry).into_iter();
-            let id = text(entry.next()?);
-            let fields = array(entry.next()?);
-            let fields: HashMap<String, redis::Value> =
-                fields.chunks(2).filter_map(|kv| Some((text(kv.first()?.clone()), kv.get(1)?.clone()))).collect();
-            let (owner, idle, deliveries) = before.get(&id).cloned().unwrap_or_default();
-            Some(Delivery {
-                message_id: id,
-                fields,
-                delivery_count: deliveries + 1,
-                reclaimed_from: Some((owner, idle)),
-            })
+        .filter_map(entry)
+        .map(|(message_id, fields)| {
+            let (owner, idle, deliveries) = before.get(&message_id).cloned().unwrap_or_default();
+            Delivery { message_id, fields, delivery_count: deliveries + 1, reclaimed_from: Some((owner, idle)) }
         })
         .collect();
     let deleted = parts.next().map(array).unwrap_or_default().into_iter().map(text).collect();
@@ -307,8 +365,24 @@ fn array(value: redis::Value) -> Vec<redis::Value> {
     }
 }
 
+/// A reply item's bytes: bulk and simple strings as they are, numbers as their decimal text.
+fn bytes(value: redis::Value) -> Vec<u8> {
+    match value {
+        redis::Value::BulkString(bytes) => bytes,
+        redis::Value::SimpleString(text) => text.into_bytes(),
+        redis::Value::Int(n) => n.to_string().into_bytes(),
+        redis::Value::VerbatimString { text, .. } => text.into_bytes(),
+        _ => Vec::new(),
+    }
+}
+
 fn text(value: impl std::borrow::Borrow<redis::Value>) -> String {
-    String::from_utf8_lossy(&raw_bytes(value.borrow())).into_owned()
+    match value.borrow() {
+        redis::Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        redis::Value::SimpleString(text) | redis::Value::VerbatimString { text, .. } => text.clone(),
+        redis::Value::Int(n) => n.to_string(),
+        _ => String::new(),
+    }
 }
 
 fn int(value: &redis::Value) -> u64 {

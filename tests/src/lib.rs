@@ -272,10 +272,16 @@ pub fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool)
     }
 }
 
-/// The path of a workspace binary built next to this test.
+/// The path of a workspace binary built next to this test, or in `JOBSTREAM_BIN_DIR` when that is set (to run
+/// the tests against other binaries, e.g. an earlier commit's, and see a test for a defect fail on it).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let dir = match std::env::var_os("JOBSTREAM_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("test executable path");
+            exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+        }
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -1,16 +1,66 @@
--- Moves jobs that are due from the delayed set back onto the stream, each XADD and ZREM together, so a job is
--- never in both places nor in neither. Safe to run from every worker at once.
--- KEYS[1] delayed set, KEYS[2] stream
--- ARGV[1] now (unix ms), ARGV[2] most jobs to move
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(due) do
-  local ok, fields = pcall(cjson.decode, member)
-  if ok and type(fields) == 'table' and #fields >= 2 and #fields % 2 == 0 then
-    redis.call('XADD', KEYS[2], '*', unpack(fields))
-  else
-    -- Not written by jobstream: keep it visible on the stream so a worker dead-letters it as undecodable.
-    redis.call('XADD', KEYS[2], '*', 'delayed.raw', member)
+#!lua
+-- Moves jobs that are due from the delayed set back onto the stream, each XADD before its ZREM, so a job is
+-- never in neither place. A member that cannot become an entry (not a JSON array of an even number of
+-- strings, or wider than one XADD can carry) goes to the dead stream whole, with the reason, so it never
+-- blocks the members behind it. Key types are checked before the first write; while the dead stream's key holds
+-- another type, such a member stays where it is (counted as stuck) and the others still move. The shebang line
+-- makes Redis refuse the whole script under OOM. Safe to run from every worker at once.
+-- KEYS[1] delayed set, KEYS[2] stream, KEYS[3] dead stream
+-- ARGV[1] now (unix ms), ARGV[2] most jobs to move, ARGV[3] dead stream MAXLEN (0 = no cap),
+-- ARGV[4] most values one XADD may carry, ARGV[5] consumer (recorded on dead entries)
+-- Returns {moved, dead-lettered, stuck}.
+local function expect(key, want)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= want and kind ~= 'none' then
+    return 'WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a ' .. want .. '; nothing was moved'
   end
-  redis.call('ZREM', KEYS[1], member)
 end
-return #due
+local bad = expect(KEYS[1], 'zset') or expect(KEYS[2], 'stream')
+if bad then
+  return redis.error_reply(bad)
+end
+local dead_ok = expect(KEYS[3], 'stream') == nil
+local max_values = tonumber(ARGV[4])
+local function why_not(member)
+  local ok, fields = pcall(cjson.decode, member)
+  if not ok or type(fields) ~= 'table' then
+    return 'delayed member is not JSON', nil
+  end
+  local n = #fields
+  if n < 2 or n % 2 ~= 0 then
+    return 'delayed member is not a non-empty array of field/value pairs', nil
+  end
+  if n > max_values then
+    return 'delayed member has ' .. n .. ' values; one entry carries at most ' .. max_values, nil
+  end
+  for i = 1, n do
+    if type(fields[i]) ~= 'string' then
+      return 'delayed member value ' .. i .. ' is not a string', nil
+    end
+  end
+  return nil, fields
+end
+local maxlen = tonumber(ARGV[3])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local moved, dead, stuck = 0, 0, 0
+for _, member in ipairs(due) do
+  local why, fields = why_not(member)
+  if why and not dead_ok then
+    stuck = stuck + 1
+  elseif why then
+    local letter = {'delayed.raw', member, 'dead.reason', 'undecodable', 'dead.error', why,
+      'dead.consumer', ARGV[5], 'dead.at', ARGV[1]}
+    if maxlen > 0 then
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', unpack(letter))
+    else
+      redis.call('XADD', KEYS[3], '*', unpack(letter))
+    end
+    dead = dead + 1
+    redis.call('ZREM', KEYS[1], member)
+  else
+    redis.call('XADD', KEYS[2], '*', unpack(fields))
+    moved = moved + 1
+    redis.call('ZREM', KEYS[1], member)
+  end
+end
+return {moved, dead, stuck}

@@ -1,8 +1,20 @@
+#!lua
 -- Moves one dead entry back onto the stream as a fresh job (fields given by the caller: attempt 1, new trace
--- context) and deletes it from the dead stream, atomically: the job is in exactly one of the two places.
+-- context) and deletes it from the dead stream, all or nothing: the checks come first, the new entry is written
+-- before the dead one is deleted, and the shebang line makes Redis refuse the whole script under OOM.
 -- KEYS[1] dead stream, KEYS[2] stream
--- ARGV[1] dead entry id, ARGV[2..] the new entry's field/value pairs
-if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then
+-- ARGV[1] dead entry id, ARGV[2] most values one XADD may carry, ARGV[3..] the new entry's field/value pairs
+-- Returns the new entry's id, or false when the dead entry does not exist.
+if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
   return false
 end
-return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+local kind = redis.call('TYPE', KEYS[2])['ok']
+if kind ~= 'stream' and kind ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[2] .. ' holds a ' .. kind .. ', not a stream; nothing was written')
+end
+if #ARGV - 2 > tonumber(ARGV[2]) then
+  return redis.error_reply('the entry has ' .. (#ARGV - 2) .. ' values; one entry carries at most ' .. ARGV[2])
+end
+local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+redis.call('XDEL', KEYS[1], ARGV[1])
+return id

@@ -39,22 +39,46 @@ pub(crate) async fn promote(shared: Arc<Shared>, every: Duration, stop: Cancella
     loop {
         let moved = async {
             let mut conn = shared.pool.get().await.map_err(|e| e.to_string())?;
-            let mut total = 0;
+            let mut total = queue::Promoted::default();
             loop {
-                let n = queue::promote_due(&mut conn, &shared.keys, crate::clock::now_ms(), PROMOTE_BATCH)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                total += n;
-                if n < PROMOTE_BATCH {
+                let config = &shared.config;
+                let now = crate::clock::now_ms();
+                let run = queue::promote_due(
+                    &mut conn,
+                    &shared.keys,
+                    now,
+                    PROMOTE_BATCH,
+                    config.dead_maxlen,
+                    &config.consumer,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                total.moved += run.moved;
+                total.dead_lettered += run.dead_lettered;
+                total.stuck += run.stuck;
+                if run.total() < PROMOTE_BATCH || run.moved + run.dead_lettered == 0 {
                     return Ok::<_, String>(total);
                 }
             }
         }
         .await;
         let pause = match moved {
-            Ok(n) => {
-                if n > 0 {
-                    tracing::debug!(moved = n, "due retries moved to the stream");
+            Ok(promoted) => {
+                if promoted.moved > 0 {
+                    tracing::debug!(moved = promoted.moved, "due retries moved to the stream");
+                }
+                if promoted.stuck > 0 {
+                    tracing::error!(
+                        stuck = promoted.stuck,
+                        dead = %shared.keys.dead,
+                        "delayed members that cannot become an entry stay in the delayed set: the dead stream's key holds another type"
+                    );
+                }
+                if promoted.dead_lettered > 0 {
+                    tracing::warn!(
+                        dead_lettered = promoted.dead_lettered,
+                        "delayed members that cannot become an entry were moved to the dead stream (reason undecodable)"
+                    );
                 }
                 backoff.reset();
                 every

@@ -342,7 +342,8 @@ fn take_more(first: OwnedSemaphorePermit, permits: &Arc<Semaphore>, max: usize) 
 /// Keeps the group existing (recreating it after NOGROUP) and backs off while Redis is unreachable.
 struct Reader<'a> {
     shared: &'a Shared,
-    group_ready: bool,
+    /// Whether a read has succeeded: a group missing after that was lost (Redis restarted without persistence).
+    has_read: bool,
     backoff: Backoff,
     reclaim_cursor: String,
     next_reclaim: Instant,
@@ -352,7 +353,7 @@ impl<'a> Reader<'a> {
     fn new(shared: &'a Shared) -> Self {
         Self {
             shared,
-            group_ready: false,
+            has_read: false,
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             reclaim_cursor: "0-0".to_owned(),
             next_reclaim: Instant::now(),
@@ -370,11 +371,8 @@ impl<'a> Reader<'a> {
                 Ok(deliveries)
             }
             Err(e) => {
-                self.group_ready = false;
                 let delay = self.backoff.next_delay();
-                if queue::is_no_group(&e) {
-                    tracing::warn!("the consumer group is gone (Redis restarted without persistence?); recreating it");
-                } else if self.backoff.failures() == 1 {
+                if self.backoff.failures() == 1 {
                     tracing::warn!(error = %e, "reading the queue failed; retrying with back-off");
                 } else {
                     tracing::debug!(error = %e, ?delay, "reading the queue failed again");
@@ -386,16 +384,36 @@ impl<'a> Reader<'a> {
 
     async fn read(&mut self, count: usize) -> redis::RedisResult<Vec<Delivery>> {
         let shared = self.shared;
-        let config = &shared.config;
         let mut conn =
             shared.pool.get().await.map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
-        if !self.group_ready {
-            queue::ensure_group(&mut conn, &shared.keys, &config.group).await?;
-            self.group_ready = true;
-        }
+        let read = match self.read_from(&mut conn, count).await {
+            // The group is created only when Redis says it is missing, by a script allowed under OOM, so a
+            // consumer starts and keeps reading while Redis is at maxmemory.
+            Err(e) if queue::is_no_group(&e) => {
+                queue::ensure_group(&mut conn, &shared.keys, &shared.config.group).await?;
+                if self.has_read {
+                    tracing::warn!("the consumer group was gone (Redis restarted without persistence?); recreated it");
+                } else {
+                    tracing::info!(group = %shared.config.group, "created the consumer group");
+                }
+                self.read_from(&mut conn, count).await
+            }
+            other => other,
+        };
+        self.has_read |= read.is_ok();
+        read
+    }
+
+    async fn read_from(
+        &mut self,
+        conn: &mut crate::connection::Connection,
+        count: usize,
+    ) -> redis::RedisResult<Vec<Delivery>> {
+        let shared = self.shared;
+        let config = &shared.config;
         if Instant::now() >= self.next_reclaim {
             let claimed = queue::claim_stale(
-                &mut conn,
+                conn,
                 &shared.keys,
                 &config.group,
                 &config.consumer,
@@ -422,6 +440,6 @@ impl<'a> Reader<'a> {
                 return Ok(claimed.deliveries);
             }
         }
-        queue::read_new(&mut conn, &shared.keys, &config.group, &config.consumer, count, config.block).await
+        queue::read_new(conn, &shared.keys, &config.group, &config.consumer, count, config.block).await
     }
 }

@@ -15,7 +15,7 @@ use super::{Shared, TraceMode, WorkerStats};
 use std::time::{Duration, Instant};
 
 use crate::handler::JobFailure;
-use crate::job::{fields_from_redis, Job};
+use crate::job::{fields_from_raw, Job};
 use crate::loadprobe::Mark;
 use crate::metrics::DeadLabels;
 use crate::propagation::{self, ContextStatus, TraceHeaders};
@@ -35,8 +35,7 @@ enum Outcome {
 }
 
 pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
-    let decoded =
-        fields_from_redis(delivery.fields.clone()).and_then(|fields| Job::from_fields(fields, &shared.config.limits));
+    let decoded = fields_from_raw(&delivery.fields).and_then(|fields| Job::from_fields(fields, &shared.config.limits));
     let span = process_span(shared, &delivery, decoded.as_ref().ok());
     let mark = decoded.as_ref().ok().and_then(|job| shared.probes.mark(job));
     let trace = match &decoded {
@@ -101,8 +100,14 @@ async fn run_handler(shared: &Shared, job: Job, span: &tracing::Span, mark: Opti
     match result {
         Ok(Ok(())) => Outcome::Succeeded,
         Ok(Err(failure)) => Outcome::Failed { failure, kind: kind.as_str().to_owned(), attempt },
-        Err(_panic) => {
-            let message = "handler panicked";
+        Err(panic) => {
+            let message = match panic.downcast_ref::<&str>() {
+                Some(text) => format!("handler panicked: {text}"),
+                None => match panic.downcast_ref::<String>() {
+                    Some(text) => format!("handler panicked: {text}"),
+                    None => "handler panicked".to_owned(),
+                },
+            };
             tracing::error!(parent: span, kind = %kind, "{message}");
             Outcome::Failed { failure: JobFailure::new("panic", message), kind: kind.as_str().to_owned(), attempt }
         }
@@ -162,32 +167,68 @@ async fn settle(
     }
 }
 
+/// Runs one settle move, trying again twice over about a quarter second when Redis refuses it (a dropped
+/// connection, a moment at maxmemory). Every move is all or nothing, so an error always means nothing was
+/// written and the entry is still pending.
+async fn settle_move<F, Fut>(shared: &Shared, mut attempt_move: F) -> Result<queue::Settled, String>
+where
+    F: FnMut(crate::connection::Connection) -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<queue::Settled>>,
+{
+    let mut last_error = String::new();
+    for pause_ms in [0, 50, 200] {
+        if pause_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        }
+        match shared.pool.get().await {
+            Ok(conn) => match attempt_move(conn).await {
+                Ok(settled) => return Ok(settled),
+                Err(e) => last_error = e.to_string(),
+            },
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    Err(last_error)
+}
+
+/// What a move that did not happen means for the entry, for the log: the truth about where the job is.
+fn not_moved(shared: &Shared, span: &tracing::Span, delivery: &Delivery, result: Result<queue::Settled, String>) {
+    match result {
+        Ok(queue::Settled::Moved) => {}
+        Ok(queue::Settled::NotOurs) => tracing::warn!(
+            parent: span,
+            message_id = %delivery.message_id,
+            consumer = %shared.config.consumer,
+            "the entry is no longer pending for this consumer (taken over while this consumer was paused, or already settled); its new owner settles it, nothing was written"
+        ),
+        Err(error) => tracing::error!(
+            parent: span,
+            message_id = %delivery.message_id,
+            consumer = %shared.config.consumer,
+            %error,
+            visibility_timeout = ?shared.config.visibility_timeout,
+            "settling failed and nothing was written: the entry stays pending for this consumer and is delivered again after the visibility timeout"
+        ),
+    }
+}
+
 async fn dead_letter(shared: &Shared, delivery: &Delivery, reason: DeadReason, error: &str, span: &tracing::Span) {
     let letter =
         DeadLetter { reason, error, consumer: &shared.config.consumer, dead_maxlen: shared.config.dead_maxlen };
-    let moved = async {
-        let mut conn = shared.pool.get().await.map_err(|e| e.to_string())?;
-        queue::dead_letter(&mut conn, &shared.keys, &shared.config.group, delivery, &letter)
-            .await
-            .map_err(|e| e.to_string())
-    }
+    let moved = settle_move(shared, |mut conn| {
+        let letter = &letter;
+        async move { queue::dead_letter(&mut conn, &shared.keys, &shared.config.group, delivery, letter).await }
+    })
     .await;
-    match moved {
-        Ok(true) => {
-            WorkerStats::add(&shared.stats.dead_lettered, 1);
-            let queue = shared.keys.queue().to_string();
-            shared.metrics.settled(&queue, kind_of(shared, delivery), "dead");
-            shared.metrics.dead_letters.get_or_create(&DeadLabels { queue, reason: reason.as_str().to_owned() }).inc();
-            span.add_event("settle", vec![KeyValue::new(semconv::SETTLE_OUTCOME, "dead")]);
-            tracing::warn!(parent: span, message_id = %delivery.message_id, reason = reason.as_str(), %error, "job dead-lettered");
-        }
-        Ok(false) => {
-            tracing::info!(parent: span, message_id = %delivery.message_id, "entry was settled by another consumer")
-        }
-        Err(e) => {
-            tracing::error!(parent: span, message_id = %delivery.message_id, error = %e, "dead-lettering failed; entry stays pending")
-        }
+    if let Ok(queue::Settled::Moved) = moved {
+        WorkerStats::add(&shared.stats.dead_lettered, 1);
+        let queue = shared.keys.queue().to_string();
+        shared.metrics.settled(&queue, kind_of(shared, delivery), "dead");
+        shared.metrics.dead_letters.get_or_create(&DeadLabels { queue, reason: reason.as_str().to_owned() }).inc();
+        span.add_event("settle", vec![KeyValue::new(semconv::SETTLE_OUTCOME, "dead")]);
+        tracing::warn!(parent: span, message_id = %delivery.message_id, reason = reason.as_str(), %error, "job dead-lettered");
     }
+    not_moved(shared, span, delivery, moved);
 }
 
 async fn schedule_retry(
@@ -200,56 +241,56 @@ async fn schedule_retry(
     let delay = shared.config.retry.delay_after(attempt);
     let due = crate::clock::now_ms() + delay.as_millis() as u64;
     let next_attempt = (attempt + 1).to_string();
-    let mut fields: Vec<(&str, String)> = delivery
+    // The entry decoded as a job, so every name and value is UTF-8.
+    let mut fields: Vec<(&str, &str)> = delivery
         .fields
         .iter()
-        .filter(|(name, _)| name.as_str() != crate::job::field::ATTEMPT)
-        .filter_map(|(name, value)| match value {
-            redis::Value::BulkString(bytes) => Some((name.as_str(), String::from_utf8_lossy(bytes).into_owned())),
-            _ => None,
-        })
+        .filter(|(name, _)| name.as_slice() != crate::job::field::ATTEMPT.as_bytes())
+        .filter_map(|(name, value)| Some((std::str::from_utf8(name).ok()?, std::str::from_utf8(value).ok()?)))
         .collect();
-    fields.push((crate::job::field::ATTEMPT, next_attempt));
+    fields.push((crate::job::field::ATTEMPT, &next_attempt));
     fields.sort_unstable();
-    let scheduled = async {
-        let mut conn = shared.pool.get().await.map_err(|e| e.to_string())?;
-        queue::schedule_retry(&mut conn, &shared.keys, &shared.config.group, &delivery.message_id, due, &fields)
+    let scheduled = settle_move(shared, |mut conn| {
+        let fields = &fields;
+        async move {
+            let config = &shared.config;
+            queue::schedule_retry(
+                &mut conn,
+                &shared.keys,
+                &config.group,
+                &config.consumer,
+                &delivery.message_id,
+                due,
+                fields,
+            )
             .await
-            .map_err(|e| e.to_string())
-    }
+        }
+    })
     .await;
-    match scheduled {
-        Ok(true) => {
-            WorkerStats::add(&shared.stats.retried, 1);
-            shared.metrics.settled(shared.keys.queue().as_str(), kind_of(shared, delivery), "retried");
-            span.add_event(
-                "settle",
-                vec![
-                    KeyValue::new(semconv::SETTLE_OUTCOME, "retry"),
-                    KeyValue::new(semconv::RETRY_DELAY_MS, delay.as_millis() as i64),
-                    KeyValue::new(semconv::RETRY_NEXT_ATTEMPT, i64::from(attempt) + 1),
-                ],
-            );
-            tracing::info!(parent: span, message_id = %delivery.message_id, error = %failure, ?delay, "job failed; retry scheduled");
-        }
-        Ok(false) => {
-            tracing::info!(parent: span, message_id = %delivery.message_id, "entry was settled by another consumer")
-        }
-        Err(e) => {
-            tracing::error!(parent: span, message_id = %delivery.message_id, error = %e, "scheduling the retry failed; the entry stays pending and will be redelivered")
-        }
+    if let Ok(queue::Settled::Moved) = scheduled {
+        WorkerStats::add(&shared.stats.retried, 1);
+        shared.metrics.settled(shared.keys.queue().as_str(), kind_of(shared, delivery), "retried");
+        span.add_event(
+            "settle",
+            vec![
+                KeyValue::new(semconv::SETTLE_OUTCOME, "retry"),
+                KeyValue::new(semconv::RETRY_DELAY_MS, delay.as_millis() as i64),
+                KeyValue::new(semconv::RETRY_NEXT_ATTEMPT, i64::from(attempt) + 1),
+            ],
+        );
+        tracing::info!(parent: span, message_id = %delivery.message_id, error = %failure, ?delay, "job failed; retry scheduled");
     }
+    not_moved(shared, span, delivery, scheduled);
 }
 
 /// The entry's kind for metric labels when a handler knows it, else `unknown`, so that garbage on the stream
 /// cannot blow up the number of label values.
 fn kind_of<'a>(shared: &Shared, delivery: &'a Delivery) -> &'a str {
-    match delivery.fields.get(crate::job::field::KIND) {
-        Some(redis::Value::BulkString(bytes)) => {
-            std::str::from_utf8(bytes).ok().filter(|k| shared.handlers.knows(k)).unwrap_or("unknown")
-        }
-        _ => "unknown",
-    }
+    delivery
+        .field(crate::job::field::KIND)
+        .and_then(|kind| std::str::from_utf8(kind).ok())
+        .filter(|k| shared.handlers.knows(k))
+        .unwrap_or("unknown")
 }
 
 fn mark_error(span: &tracing::Span, error_type: &str, message: &str) {
@@ -259,15 +300,9 @@ fn mark_error(span: &tracing::Span, error_type: &str, message: &str) {
 
 /// The trace fields of an entry that did not decode, so its `process` span still joins the producer's trace.
 fn raw_trace_headers(delivery: &Delivery) -> TraceHeaders {
-    let texts: Vec<(String, String)> = delivery
-        .fields
-        .iter()
-        .filter_map(|(k, v)| match v {
-            redis::Value::BulkString(bytes) => std::str::from_utf8(bytes).ok().map(|s| (k.clone(), s.to_owned())),
-            _ => None,
-        })
-        .collect();
-    TraceHeaders::from_pairs(texts.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    TraceHeaders::from_pairs(
+        delivery.fields.iter().filter_map(|(k, v)| Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?))),
+    )
 }
 
 fn process_span(shared: &Shared, delivery: &Delivery, job: Option<&Job>) -> tracing::Span {
