@@ -5,6 +5,7 @@
 //! With no `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans go to an in-process OTLP receiver ([`OtlpSink`]) so the
 //! tree can be printed; with one set (e.g. Jaeger on :4318), spans go there and the report says where to look.
 
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -64,26 +65,23 @@ async fn demo(args: &DemoArgs, sink: Option<&OtlpSink>) -> anyhow::Result<String
     let waited = wait_for_completion(&pool, &keys, &ids, args.timeout, &mut consumers).await;
     let elapsed = started.elapsed();
     stop_consumers(&mut consumers).await;
-    let completion = waited?;
+    let Progress { completion, dead } = waited?;
+    let unresolved = completion.missing.saturating_sub(dead.len());
 
-    let (attempts, retried_job) = attempts(&pool, &keys, &ids).await?;
-    let dead: u64 = {
-        let mut conn = pool.get().await?;
-        redis::cmd("XLEN").arg(&keys.dead).query_async(&mut conn).await?
-    };
+    let (attempts, retried_job) = attempts(&pool, &keys, &ids, &dead).await?;
     let mut report = format!(
         "\njobs: {} enqueued, {} done, {} missing, {} dead-lettered, {} ran twice\n\
-         attempts: {} in all, {} failed and were retried\n\
-         throughput: {:.1} jobs/s ({} jobs in {:.2} s, {} consumers x {} concurrency)\n",
+         attempts: {} in all, {} failed and were retried or dead-lettered\n\
+         throughput: {:.1} jobs/s ({} jobs settled in {:.2} s, {} consumers x {} concurrency)\n",
         ids.len(),
         completion.done,
-        completion.missing,
-        dead,
+        unresolved,
+        dead.len(),
         completion.duplicated,
         attempts,
-        attempts.saturating_sub(ids.len() as u64),
-        completion.done as f64 / elapsed.as_secs_f64(),
-        completion.done,
+        attempts.saturating_sub(completion.done as u64),
+        (completion.done + dead.len()) as f64 / elapsed.as_secs_f64(),
+        completion.done + dead.len(),
         elapsed.as_secs_f64(),
         args.consumers,
         args.concurrency,
@@ -110,8 +108,8 @@ async fn demo(args: &DemoArgs, sink: Option<&OtlpSink>) -> anyhow::Result<String
     if !args.keep {
         cleanup(&pool, &keys, &ids).await?;
     }
-    if completion.missing > 0 {
-        bail!("{report}\n{} jobs did not complete within {:?}", completion.missing, args.timeout);
+    if unresolved > 0 {
+        bail!("{report}\n{unresolved} jobs were neither done nor dead-lettered within {:?}", args.timeout);
     }
     Ok(report)
 }
@@ -178,20 +176,41 @@ fn spawn_consumers(
         .collect()
 }
 
+/// Where the demo's jobs stand: done (from the `done` hash) and dead-lettered (job id → attempts it had).
+struct Progress {
+    completion: results::Completion,
+    dead: HashMap<String, u64>,
+}
+
+/// Waits until every job is done or dead-lettered, or `timeout`; prints each dead letter as it happens.
 async fn wait_for_completion(
     pool: &jobstream::connection::Pool,
     keys: &Keys,
     ids: &[String],
     timeout: Duration,
     consumers: &mut [Child],
-) -> anyhow::Result<results::Completion> {
+) -> anyhow::Result<Progress> {
     let deadline = Instant::now() + timeout;
+    let ours: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let mut dead = HashMap::new();
+    let mut dead_cursor = "-".to_owned();
     loop {
         let completion = results::completion(pool, keys, ids).await?;
-        eprint!("\r{} of {} jobs done", completion.done, ids.len());
-        if completion.missing == 0 || Instant::now() >= deadline {
+        let mut conn = pool.get().await?;
+        for entry in jobstream::admin::dead_list(&mut conn, keys, &dead_cursor, 1000).await? {
+            dead_cursor = format!("({}", entry.dead_id);
+            let field = |name: &str| entry.fields.get(name).map(String::as_str).unwrap_or("");
+            if !ours.contains(field("id")) {
+                continue;
+            }
+            eprintln!("\rjob {} dead-lettered ({}): {}", field("id"), field("dead.reason"), field("dead.error"));
+            dead.insert(field("id").to_owned(), field("attempt").parse().unwrap_or(0));
+        }
+        drop(conn);
+        eprint!("\r{} of {} jobs done, {} dead-lettered", completion.done, ids.len(), dead.len());
+        if completion.missing <= dead.len() || Instant::now() >= deadline {
             eprintln!();
-            return Ok(completion);
+            return Ok(Progress { completion, dead });
         }
         for child in consumers.iter_mut() {
             if let Some(status) = child.try_wait()? {
@@ -220,16 +239,18 @@ async fn stop_consumers(consumers: &mut [Child]) {
     }
 }
 
-/// Attempts in all, from the results the jobs stored, and the index of a job that needed more than one.
+/// Attempts in all, from the results the jobs stored and the dead entries (`dead`: job id → its last attempt),
+/// and the index of a job that succeeded after more than one.
 async fn attempts(
     pool: &jobstream::connection::Pool,
     keys: &Keys,
     ids: &[String],
+    dead: &HashMap<String, u64>,
 ) -> anyhow::Result<(u64, Option<usize>)> {
     let mut conn = pool.get().await?;
     let keys_of: Vec<String> = ids.iter().map(|id| keys.result(id)).collect();
     let stored: Vec<Option<String>> = redis::cmd("MGET").arg(&keys_of).query_async(&mut conn).await?;
-    let mut total = 0;
+    let mut total = dead.values().sum();
     let mut retried = None;
     for (i, result) in stored.iter().enumerate() {
         let attempt = result
