@@ -8,9 +8,23 @@ use std::time::Duration;
 
 use jobstream_tests::*;
 
+/// The Python interpreter with the example's packages: `JOBSTREAM_PYTHON` (scripts/test sets it), else the
+/// virtual environment scripts/setup makes in target/venv, else `python3` on the PATH.
+fn python3() -> PathBuf {
+    if let Some(python) = std::env::var_os("JOBSTREAM_PYTHON") {
+        return PathBuf::from(python);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/venv/bin/python3");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
 fn python(script: &str, redis: &RedisServer, sink: &OtlpSink, service: &str) -> Command {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/python-worker");
-    let mut cmd = Command::new("python3");
+    let mut cmd = Command::new(python3());
     cmd.arg(dir.join(script))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -19,7 +33,7 @@ fn python(script: &str, redis: &RedisServer, sink: &OtlpSink, service: &str) -> 
         .env("OTEL_SERVICE_NAME", service)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100");
     if let Some(home) = std::env::var_os("HOME") {
-        cmd.env("HOME", home); // where pip --user puts packages
+        cmd.env("HOME", home);
     }
     cmd
 }

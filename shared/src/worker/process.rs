@@ -44,6 +44,7 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
     };
     let (parent, status) = propagation::extract(&trace);
     span.record(semconv::TRACE_CONTEXT, status.label());
+    propagation::record_truncation(&span, &trace);
     match status {
         ContextStatus::Continued => match shared.config.trace_mode {
             TraceMode::Parent => {
