@@ -53,6 +53,8 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
     let pool_size = (cli.concurrency as usize).clamp(2, 64) + 2 * partitions.len();
     let pool = cli.redis.pool(pool_size, cli.block + Duration::from_secs(5)).context("Redis connection")?;
     let shutdown = jobstream::shutdown::on_signals()?;
+    // Refuse to start on a queue recorded with another partition count: jobs would be stranded unread.
+    cli.queue.partition_record()?.check_at_start(&pool, &shutdown).await?;
 
     let demo = DemoSettings {
         latency_scale: cli.demo_latency_scale,

@@ -19,6 +19,8 @@ async fn connect(redis: &RedisArgs) -> anyhow::Result<jobstream::connection::Con
 /// One line (or JSON object) per partition of the queue.
 pub async fn stats(args: StatsArgs) -> anyhow::Result<()> {
     let mut conn = connect(&args.redis).await?;
+    // Read-only: a count other than the recorded one would show empty partitions, not the queue's.
+    args.queue.partition_record()?.check(&mut conn).await?;
     let mut out = std::io::stdout().lock();
     for keys in args.queue.partition_keys()? {
         let stats = admin::stats(&mut conn, &keys).await?;

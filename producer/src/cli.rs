@@ -62,6 +62,14 @@ pub struct ServeArgs {
     /// How long an idempotency key is remembered.
     #[arg(long, env = "JOBSTREAM_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
     pub idempotency_ttl: Duration,
+    /// How long a request may take from its headers to its answer, its body included: a client that stalls
+    /// is answered 408 and its connection closed.
+    #[arg(long, env = "JOBSTREAM_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Job kinds named in metric labels (comma-separated); jobs of other kinds are counted under `other`, so
+    /// callers cannot create new series. Jobs of every kind are accepted.
+    #[arg(long, env = "JOBSTREAM_METRIC_KINDS", value_delimiter = ',', default_value = "demo,noop,fanout")]
+    pub metric_kinds: Vec<String>,
 }
 
 /// `producer stats`.

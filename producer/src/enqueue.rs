@@ -15,6 +15,7 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
     let keys = args.queue.partition_keys()?;
     let pool = args.redis.pool(2, Duration::from_secs(10))?;
     let producer = Producer::partitioned(pool, &args.queue.queue, keys, args.queue.limits());
+    producer.check_partitions().await?;
     let first = producer.job(&args.kind, &args.payload)?;
     let mut out = std::io::stdout().lock();
     if let Some(key) = &args.idempotency_key {
@@ -32,9 +33,16 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
     while left > 0 {
         let n = left.min(BATCH);
         let jobs = (0..n).map(|_| producer.job(&args.kind, &args.payload)).collect::<Result<Vec<_>, _>>()?;
-        for done in producer.enqueue_batch(jobs).await? {
-            writeln!(out, "{} {}", done.job_id, trace_text(&done))?;
+        let sent = producer.enqueue_batch(jobs).await;
+        // A partly refused batch: the jobs Redis took are printed, then the error.
+        let done = match &sent {
+            Ok(done) => done.as_slice(),
+            Err(e) => e.enqueued(),
+        };
+        for done in done {
+            writeln!(out, "{} {}", done.job_id, trace_text(done))?;
         }
+        sent?;
         left -= n;
     }
     out.flush()?;

@@ -8,6 +8,7 @@ mod load;
 mod serve;
 
 use std::future::Future;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
@@ -18,9 +19,19 @@ use jobstream::telemetry::{self, TelemetrySettings};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Errors are one line on stderr (`error: <what>: <cause>`), whatever `RUST_BACKTRACE` says, and exit 1.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = cli::Cli::parse();
+async fn main() -> ExitCode {
+    match run(cli::Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: cli::Cli) -> anyhow::Result<()> {
     let settings = || TelemetrySettings::from_env(SERVICE);
     match cli.command {
         cli::Command::Enqueue(args) => traced(settings()?, enqueue::run(args)).await,
@@ -45,4 +56,21 @@ async fn traced(settings: TelemetrySettings, work: impl Future<Output = anyhow::
     let result = work.await;
     telemetry.shutdown(Duration::from_secs(10)).await;
     result
+}
+
+/// The error and its causes on one line, each cause once: errors that print their source (`{0}`) would
+/// otherwise repeat it.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(text.trim()) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text.trim());
+    }
+    line.replace('\n', " ")
 }

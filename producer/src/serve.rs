@@ -1,23 +1,31 @@
 //! `producer serve`: the HTTP API. `POST /v1/jobs` with `{"kind", "payload", "idempotency_key"?}` answers
 //! `202 {"id", "trace_id"}`. The request's `traceparent` (and `tracestate`, `baggage`) is continued: the
 //! SERVER span is its child and the job's `send` span the SERVER span's child, so one trace runs from the
-//! caller through the queue to the worker. Errors are JSON `{"error": …}` with a 4xx or 503 status.
-//! `/healthz`, `/readyz` and `/metrics` are served on the same port.
+//! caller through the queue to the worker. `/healthz`, `/readyz` and `/metrics` are served on the same port.
+//!
+//! Every error is JSON `{"error": …}` with its standard status: 400 a bad request, 401 (with
+//! `WWW-Authenticate: Bearer`) a missing or wrong token, 404/405 an unknown route or method, 408 a request not
+//! received and answered within `--request-timeout`, 409 an idempotency key used for another job (the body
+//! names it in `id`), 413 a body or payload too large, 503 Redis unavailable. A caller's job kinds label metrics
+//! only when listed in `--metric-kinds`, so callers cannot create new series.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::body::{Body, HttpBody as _};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use jobstream::health::{self, HealthState};
+use jobstream::job::JobError;
 use jobstream::metrics::Metrics;
+use jobstream::partitions::PartitionError;
 use jobstream::propagation::{self, ContextStatus, TraceHeaders};
-use jobstream::{EnqueueError, IdempotencyKey, Producer};
+use jobstream::{EnqueueError, IdempotencyKey, JobKind, Producer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tracing::Instrument;
@@ -48,12 +56,32 @@ struct Accepted {
     duplicate: bool,
 }
 
-/// An API error: a status and a JSON body.
-struct ApiError(StatusCode, String);
+/// An API error: a status and a JSON body `{"error", "id"?}`, with a `WWW-Authenticate` challenge on 401.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    /// The earlier job, on an idempotency conflict.
+    id: Option<String>,
+    challenge: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), id: None, challenge: None }
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+        let body = match self.id {
+            Some(id) => serde_json::json!({ "error": self.message, "id": id }),
+            None => serde_json::json!({ "error": self.message }),
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(challenge) = self.challenge {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        response
     }
 }
 
@@ -61,8 +89,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let keys = args.queue.partition_keys()?;
     let pool = args.redis.pool(32, Duration::from_secs(10))?;
     let metrics = Arc::new(Metrics::new());
+    let metric_kinds =
+        args.metric_kinds.iter().map(|k| JobKind::parse(k)).collect::<Result<Vec<_>, _>>().context("--metric-kinds")?;
     let producer = Producer::partitioned(pool.clone(), &args.queue.queue, keys.clone(), args.queue.limits())
-        .with_metrics(metrics.clone());
+        .with_metrics(metrics.clone())
+        .with_metric_kinds(metric_kinds);
+    // Refuse to start on a queue recorded with another partition count. If Redis does not answer yet, the
+    // check runs again before the first enqueue.
+    match producer.check_partitions().await {
+        Err(EnqueueError::Partitions(e @ (PartitionError::Mismatch { .. } | PartitionError::Unreadable { .. }))) => {
+            return Err(e.into())
+        }
+        Err(e) => tracing::warn!(error = %e, "the queue's partition count is not checked yet"),
+        Ok(()) => {}
+    }
     let shutdown = jobstream::shutdown::on_signals()?;
     let api = Api {
         producer,
@@ -74,7 +114,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .route("/v1/jobs", post(create_job))
         .layer(DefaultBodyLimit::max(args.queue.max_payload_bytes + 4096))
         .with_state(api)
-        .merge(health::router(health));
+        .merge(health::router(health))
+        // The whole request, body included, within the bound: a client that stalls is answered 408.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, args.request_timeout))
+        .layer(axum::middleware::map_response(json_errors));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -100,16 +143,10 @@ async fn create_job(State(api): State<Api>, headers: HeaderMap, body: Result<Jso
     }
     let response = async {
         authorize(&api, &headers)?;
-        let Json(new) = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
-        let key = new
-            .idempotency_key
-            .as_deref()
-            .or_else(|| headers.get("idempotency-key").and_then(|v| v.to_str().ok()))
-            .map(IdempotencyKey::parse)
-            .transpose()
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let Json(new) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+        let key = idempotency_key(new.idempotency_key.as_deref(), &headers)?;
         let payload = new.payload.as_deref().map_or("{}", RawValue::get);
-        let job = api.producer.job(&new.kind, payload).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let job = api.producer.job(&new.kind, payload).map_err(job_error)?;
         let done = match key {
             Some(key) => api.producer.enqueue_once(job, &key, api.idempotency_ttl).await,
             None => api.producer.enqueue(job).await,
@@ -136,27 +173,88 @@ async fn create_job(State(api): State<Api>, headers: HeaderMap, body: Result<Jso
     response
 }
 
+/// The request's idempotency key, from the `idempotency_key` field or the `Idempotency-Key` header, by the one
+/// rule of [`IdempotencyKey`]: a header is never skipped for being non-ASCII, it is refused like the field.
+fn idempotency_key(field: Option<&str>, headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let bad = |e: jobstream::keys::NameError| ApiError::new(StatusCode::BAD_REQUEST, e.to_string());
+    let mut values = headers.get_all("idempotency-key").iter();
+    let header = values.next().map(|v| IdempotencyKey::from_bytes(v.as_bytes())).transpose().map_err(bad)?;
+    if values.next().is_some() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "send one Idempotency-Key header"));
+    }
+    let field = field.map(IdempotencyKey::parse).transpose().map_err(bad)?;
+    match (field, header) {
+        (Some(field), Some(header)) if field != header => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the idempotency_key field and the Idempotency-Key header differ; send one",
+        )),
+        (field, header) => Ok(field.or(header)),
+    }
+}
+
+/// Checks `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110 §11.1).
 fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &api.token else { return Ok(()) };
-    let given =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError(StatusCode::UNAUTHORIZED, "invalid bearer token".into())),
-        None => Err(ApiError(StatusCode::UNAUTHORIZED, "missing bearer token (Authorization: Bearer …)".into())),
-    }
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
+        let (scheme, credentials) = v.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| credentials.trim_start())
+    });
+    let (message, challenge) = match given {
+        Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => return Ok(()),
+        Some(_) => ("invalid bearer token", r#"Bearer realm="jobstream", error="invalid_token""#),
+        None => ("missing bearer token (Authorization: Bearer …)", r#"Bearer realm="jobstream""#),
+    };
+    Err(ApiError { challenge: Some(challenge), ..ApiError::new(StatusCode::UNAUTHORIZED, message) })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+fn job_error(e: JobError) -> ApiError {
+    let status = match e {
+        JobError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, e.to_string())
+}
+
 fn enqueue_error(e: EnqueueError) -> ApiError {
     match e {
-        EnqueueError::Job(_) | EnqueueError::Context(_) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
-        EnqueueError::Pool(_) | EnqueueError::Redis(_) => {
+        EnqueueError::Job(e) => job_error(e),
+        EnqueueError::Context(_) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
+        EnqueueError::IdempotencyConflict { job_id, .. } => {
+            ApiError { id: Some(job_id.to_string()), ..ApiError::new(StatusCode::CONFLICT, e.to_string()) }
+        }
+        EnqueueError::Partitions(_) => {
+            tracing::error!(error = %e, "enqueue refused");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the queue is unavailable: {e}"))
+        }
+        EnqueueError::Pool(_) | EnqueueError::Redis(_) | EnqueueError::Partial { .. } => {
             tracing::warn!(error = %e, "enqueue failed");
-            ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("the queue is unavailable: {e}"))
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the queue is unavailable: {e}"))
         }
     }
+}
+
+/// Gives the errors axum and tower-http answer themselves (404, 405, 408, …, with an empty or text body) the
+/// API's JSON body, keeping their status and headers (`Allow` on 405).
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let empty = response.body().size_hint().exact() == Some(0);
+    if !(status.is_client_error() || status.is_server_error()) || is_json || !empty {
+        return response;
+    }
+    let message = match status {
+        StatusCode::NOT_FOUND => "no such route: the API is POST /v1/jobs".to_owned(),
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this route".to_owned(),
+        StatusCode::REQUEST_TIMEOUT => "the request was not received and answered in time".to_owned(),
+        other => other.canonical_reason().unwrap_or("error").to_owned(),
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, Body::from(serde_json::json!({ "error": message }).to_string()))
 }

@@ -27,7 +27,8 @@ pub struct GroupStats {
     pub consumers: u64,
     /// Entries delivered and not yet acknowledged.
     pub pending: u64,
-    /// Entries not yet delivered to the group (Redis 7 `lag`; `None` when Redis cannot tell).
+    /// Entries not yet delivered to the group (Redis 7 `lag`); `None` when Redis cannot tell, or when its
+    /// `lag` contradicts the group's position in the stream ([`stats`]): unknown, never a false backlog.
     pub lag: Option<u64>,
     /// Age in ms of the oldest pending entry, from its stream id.
     pub oldest_pending_age_ms: Option<u64>,
@@ -49,6 +50,11 @@ pub struct QueueStats {
 }
 
 /// Reads a queue's numbers. A queue that does not exist yet has all zeros.
+///
+/// A group's `lag` is Redis's counter, checked against the group's position: whether any entry follows its
+/// `last-delivered-id` (one `XRANGE … COUNT 1`). Redis 7.0 can report a lag with nothing unread after an AOF
+/// rewrite and a restart; where the two disagree (nothing follows but lag > 0, or something follows but lag is
+/// 0) the lag is reported unknown (`None`).
 pub async fn stats<C: ConnectionLike>(conn: &mut C, keys: &Keys) -> redis::RedisResult<QueueStats> {
     let (length, delayed, dead): (u64, u64, u64) = redis::pipe()
         .cmd("XLEN")
@@ -78,15 +84,38 @@ pub async fn stats<C: ConnectionLike>(conn: &mut C, keys: &Keys) -> redis::Redis
             }
             _ => None,
         };
+        let last_delivered: Option<String> =
+            group.get("last-delivered-id").and_then(|v| redis::from_redis_value(v.clone()).ok());
+        let lag = checked_lag(conn, keys, last_delivered.as_deref(), number("lag")).await?;
         out.push(GroupStats {
             consumers: number("consumers").unwrap_or(0),
             pending: number("pending").unwrap_or(0),
-            lag: number("lag"),
+            lag,
             oldest_pending_age_ms: oldest_id.as_deref().and_then(id_ms).map(|ms| now.saturating_sub(ms)),
             name,
         });
     }
     Ok(QueueStats { queue: keys.queue().to_string(), length, delayed, dead, groups: out })
+}
+
+/// `lag` when the stream agrees with it: an entry follows `last_delivered` exactly when the lag is above 0.
+async fn checked_lag<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    last_delivered: Option<&str>,
+    lag: Option<u64>,
+) -> redis::RedisResult<Option<u64>> {
+    let (Some(lag), Some(last_delivered)) = (lag, last_delivered) else { return Ok(None) };
+    let next: redis::Value = redis::cmd("XRANGE")
+        .arg(&keys.stream)
+        .arg(format!("({last_delivered}"))
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    let unread = matches!(next, redis::Value::Array(items) if !items.is_empty());
+    Ok((unread == (lag > 0)).then_some(lag))
 }
 
 async fn exists<C: ConnectionLike>(conn: &mut C, key: &str) -> redis::RedisResult<bool> {

@@ -69,7 +69,8 @@ pub struct QueueArgs {
     pub max_payload_bytes: usize,
     /// Split the queue into this many partitions, the queues <queue>:0 … <queue>:<n-1>, each its own stream
     /// and hash slot: producers spread jobs over them, consumers read all of them. Producers and consumers of a
-    /// queue must agree on it.
+    /// queue must agree on it: the first to use the queue records the count in Redis
+    /// (<prefix>:{<queue>}:partitions) and the others refuse to start with another.
     #[arg(long, env = "JOBSTREAM_PARTITIONS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub partitions: u32,
 }
@@ -83,6 +84,11 @@ impl QueueArgs {
     /// The keys of every partition of the queue (just the queue's when it has one partition).
     pub fn partition_keys(&self) -> Result<Vec<Keys>, NameError> {
         Keys::partitioned(&self.prefix, &self.queue, self.partitions)
+    }
+
+    /// The queue's partition record, to check this process's `--partitions` against Redis.
+    pub fn partition_record(&self) -> Result<crate::partitions::PartitionRecord, NameError> {
+        crate::partitions::PartitionRecord::new(&self.prefix, &self.queue, self.partitions)
     }
 
     /// The limits on jobs.

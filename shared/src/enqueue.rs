@@ -2,8 +2,14 @@
 //!
 //! Each job gets its own `send` span, a child of the caller's current span, whose context is injected into the
 //! entry; the consumer's `process` span becomes that span's child. A batch is written as one pipeline, so it
-//! costs one round trip. An enqueue reports success only for entries Redis answered with an id.
+//! costs one round trip. An enqueue reports success only for entries Redis answered with an id; when Redis
+//! refuses part of a pipeline (e.g. at `maxmemory`), the entries it did take are reported in the error.
+//!
+//! A producer of a queue ([`Producer::partitioned`]) checks the queue's partition record
+//! ([`crate::partitions`]) once, before its first enqueue. An idempotency key remembers the kind and payload it
+//! was used with: the same key with another job is refused ([`EnqueueError::IdempotencyConflict`]).
 
+use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -16,6 +22,7 @@ use crate::job::{Job, JobError, JobId, JobKind, Payload};
 use crate::keys::{IdempotencyKey, Keys, QueueName};
 use crate::limits::Limits;
 use crate::metrics::{JobLabels, Metrics, QueueLabels};
+use crate::partitions::{PartitionError, PartitionRecord};
 use crate::propagation::{self, ContextError};
 use crate::semconv;
 
@@ -33,7 +40,35 @@ pub enum EnqueueError {
     Pool(#[from] crate::connection::PoolError),
     #[error("Redis refused the enqueue: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The idempotency key was used, within its time to live, for a job of another kind or payload. Nothing was
+    /// enqueued; `job_id` is the earlier job.
+    #[error(
+        "idempotency key {} was already used for job {job_id} with another kind or payload: nothing enqueued; \
+         a new job needs a new key",
+        key.as_str()
+    )]
+    IdempotencyConflict { key: IdempotencyKey, job_id: JobId },
+    /// This producer's partition count disagrees with the queue's record in Redis; nothing was enqueued.
+    #[error(transparent)]
+    Partitions(#[from] PartitionError),
+    /// Redis took some jobs of a batch and refused the others: `enqueued` were written (not in the batch's
+    /// order), `failed` were not.
+    #[error("{failed} jobs of the batch were not enqueued ({} were): {source}", enqueued.len())]
+    Partial { enqueued: Vec<Enqueued>, failed: usize, source: Box<EnqueueError> },
 }
+
+impl EnqueueError {
+    /// The jobs that were enqueued although the call failed (only a [`EnqueueError::Partial`] has any).
+    pub fn enqueued(&self) -> &[Enqueued] {
+        match self {
+            EnqueueError::Partial { enqueued, .. } => enqueued,
+            _ => &[],
+        }
+    }
+}
+
+/// The metric label of job kinds outside [`Producer::with_metric_kinds`].
+pub const OTHER_KIND_LABEL: &str = "other";
 
 /// A job Redis has taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,21 +96,45 @@ pub struct Producer {
     metrics: Arc<Metrics>,
     /// `send <Q>`, made once.
     span_name: Arc<str>,
+    /// The queue's partition record, checked once before the first enqueue; `None` for [`Producer::new`].
+    record: Option<Arc<RecordCheck>>,
+    /// The kinds metrics are labelled with; others count as [`OTHER_KIND_LABEL`]. `None`: every kind.
+    metric_kinds: Option<Arc<HashSet<JobKind>>>,
+}
+
+struct RecordCheck {
+    record: PartitionRecord,
+    done: tokio::sync::OnceCell<()>,
 }
 
 impl Producer {
-    /// A producer for the queue whose keys are `keys`.
+    /// A producer for exactly the keys `keys` (a queue, or one partition of one, as a worker's follow-up jobs
+    /// use). It does not check the queue's partition record: a producer of a queue is [`Producer::partitioned`].
     pub fn new(pool: Pool, keys: Keys, limits: Limits) -> Self {
         let queue = keys.queue().clone();
-        Self::partitioned(pool, &queue, vec![keys], limits)
+        let mut producer = Self::partitioned(pool, &queue, vec![keys], limits);
+        producer.record = None;
+        producer
     }
 
-    /// A producer for `queue` split into `partitions` ([`Keys::partitioned`]): each job goes to the partition its
-    /// id picks, each idempotency key always to the same partition.
+    /// A producer for `queue` split into `partitions` ([`Keys::partitioned`]; one for an unpartitioned queue):
+    /// each job goes to the partition its id picks, each idempotency key always to the same partition. Before
+    /// its first enqueue it checks (and, on a queue's first use, records) the partition count in Redis.
     pub fn partitioned(pool: Pool, queue: &QueueName, partitions: Vec<Keys>, limits: Limits) -> Self {
         assert!(!partitions.is_empty(), "a queue has at least one partition");
         let span_name = format!("send {queue}").into();
-        Self { pool, partitions: partitions.into(), queue: queue.clone(), limits, metrics: Arc::default(), span_name }
+        let record = PartitionRecord::new(partitions[0].prefix(), queue, partitions.len() as u32)
+            .expect("the prefix was checked when the keys were made");
+        Self {
+            pool,
+            partitions: partitions.into(),
+            queue: queue.clone(),
+            limits,
+            metrics: Arc::default(),
+            span_name,
+            record: Some(Arc::new(RecordCheck { record, done: tokio::sync::OnceCell::new() })),
+            metric_kinds: None,
+        }
     }
 
     /// Records enqueues into `metrics` instead of a private registry.
@@ -84,16 +143,41 @@ impl Producer {
         self
     }
 
-    /// Counts jobs enqueued (`ok`) or one failed enqueue call.
-    fn count<'a>(&self, ok: bool, kinds: impl Iterator<Item = &'a JobKind>) {
-        let queue = self.queue.to_string();
-        if ok {
-            for kind in kinds {
-                self.metrics.enqueued.get_or_create(&JobLabels { queue: queue.clone(), kind: kind.to_string() }).inc();
-            }
-        } else {
-            self.metrics.enqueue_errors.get_or_create(&QueueLabels { queue }).inc();
-        }
+    /// Labels metrics with these kinds only; jobs of any other kind count as [`OTHER_KIND_LABEL`], so callers
+    /// who choose the kind (an HTTP API) cannot create new series.
+    pub fn with_metric_kinds(mut self, kinds: impl IntoIterator<Item = JobKind>) -> Self {
+        self.metric_kinds = Some(Arc::new(kinds.into_iter().collect()));
+        self
+    }
+
+    /// Counts one job enqueued.
+    fn count_enqueued(&self, kind: &JobKind) {
+        let kind = match &self.metric_kinds {
+            Some(known) if !known.contains(kind) => OTHER_KIND_LABEL.to_owned(),
+            _ => kind.to_string(),
+        };
+        self.metrics.enqueued.get_or_create(&JobLabels { queue: self.queue.to_string(), kind }).inc();
+    }
+
+    /// Counts one failed enqueue call.
+    fn count_error(&self) {
+        self.metrics.enqueue_errors.get_or_create(&QueueLabels { queue: self.queue.to_string() }).inc();
+    }
+
+    /// Checks this producer's partition count against the queue's record in Redis, recording it on the queue's
+    /// first use. Runs once per producer (and its clones); every enqueue calls it, so calling it first only
+    /// moves the check earlier, e.g. to refuse to start.
+    pub async fn check_partitions(&self) -> Result<(), EnqueueError> {
+        let Some(check) = &self.record else { return Ok(()) };
+        check
+            .done
+            .get_or_try_init(|| async {
+                let mut conn = self.pool.get().await?;
+                check.record.check_and_record(&mut conn).await?;
+                Ok::<_, EnqueueError>(())
+            })
+            .await?;
+        Ok(())
     }
 
     /// The queue's keys.
@@ -118,9 +202,14 @@ impl Producer {
     }
 
     /// Enqueues jobs, one pipelined round trip per partition they go to, and reports them in order. Either
-    /// every job is reported enqueued or the call fails; after a failure some entries may still have been
-    /// written (the caller's retry may then duplicate them, which at-least-once delivery allows).
+    /// every job is reported enqueued or the call fails. When Redis refused only some of them, the error is
+    /// [`EnqueueError::Partial`] with the ones it took. After any other failure (a lost connection) some
+    /// entries may still have been written (a retry may then duplicate them, which at-least-once allows).
     pub async fn enqueue_batch(&self, jobs: Vec<Job>) -> Result<Vec<Enqueued>, EnqueueError> {
+        if let Err(e) = self.check_partitions().await {
+            self.count_error();
+            return Err(e);
+        }
         let n = self.partitions.len();
         if n == 1 {
             return self.send(&self.partitions[0], jobs).await;
@@ -140,12 +229,36 @@ impl Producer {
             .map(|((positions, jobs), keys)| (positions, self.send(keys, jobs)))
             .unzip();
         let mut out: Vec<Option<Enqueued>> = (0..total).map(|_| None).collect();
-        for (positions, sent) in positions.into_iter().zip(futures_util::future::try_join_all(sends).await?) {
-            for (position, done) in positions.into_iter().zip(sent) {
-                out[position] = Some(done);
+        // Every partition's outcome is awaited, so that what the others wrote is known when one fails.
+        let mut written = Vec::new();
+        let mut failed = 0;
+        let mut first_error = None;
+        for (positions, sent) in positions.into_iter().zip(futures_util::future::join_all(sends).await) {
+            match sent {
+                Ok(sent) => {
+                    for (position, done) in positions.into_iter().zip(sent) {
+                        out[position] = Some(done);
+                    }
+                }
+                Err(EnqueueError::Partial { enqueued, failed: refused, source }) => {
+                    written.extend(enqueued);
+                    failed += refused;
+                    first_error.get_or_insert(*source);
+                }
+                Err(e) => {
+                    failed += positions.len();
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        Ok(out.into_iter().map(|done| done.expect("every job was sent")).collect())
+        let Some(error) = first_error else {
+            return Ok(out.into_iter().map(|done| done.expect("every job was sent")).collect());
+        };
+        written.extend(out.into_iter().flatten());
+        if written.is_empty() {
+            return Err(error);
+        }
+        Err(EnqueueError::Partial { enqueued: written, failed, source: Box::new(error) })
     }
 
     /// Enqueues jobs on one partition in one pipelined round trip.
@@ -165,55 +278,82 @@ impl Producer {
             pipe.add_command(cmd);
             spans.push((span, cx.span().span_context().trace_id()));
         }
-        let result: Result<Vec<String>, EnqueueError> = async {
+        // Each XADD's own reply: when Redis refuses some (at maxmemory), the others were still written.
+        pipe.ignore_errors();
+        let replies: Result<Vec<redis::RedisResult<String>>, EnqueueError> = async {
             let mut conn = self.pool.get().await?;
             Ok(pipe.query_async(&mut conn).await?)
         }
         .await;
-        let result = match result {
-            Ok(ids) => Ok(jobs
-                .iter()
-                .zip(ids)
-                .zip(spans)
-                .map(|((job, message_id), (span, trace_id))| {
-                    span.record(semconv::MESSAGING_MESSAGE_ID, message_id.as_str());
-                    Enqueued {
-                        job_id: job.id,
-                        message_id,
-                        trace_id: (trace_id != TraceId::INVALID).then_some(trace_id),
-                        duplicate: false,
-                    }
-                })
-                .collect()),
+        let replies = match replies {
+            Ok(replies) => replies,
             Err(e) => {
                 for (span, _) in &spans {
                     span.record(semconv::ERROR_TYPE, error_type(&e));
                     span.set_status(Status::error(e.to_string()));
                 }
-                Err(e)
+                self.count_error();
+                return Err(e);
             }
         };
-        self.count(result.is_ok(), jobs.iter().map(|j| &j.kind));
-        result
+        let mut enqueued = Vec::with_capacity(jobs.len());
+        let mut failed = 0;
+        let mut first_error = None;
+        for ((job, reply), (span, trace_id)) in jobs.iter().zip(replies).zip(spans) {
+            match reply {
+                Ok(message_id) => {
+                    span.record(semconv::MESSAGING_MESSAGE_ID, message_id.as_str());
+                    self.count_enqueued(&job.kind);
+                    enqueued.push(Enqueued {
+                        job_id: job.id,
+                        message_id,
+                        trace_id: (trace_id != TraceId::INVALID).then_some(trace_id),
+                        duplicate: false,
+                    });
+                }
+                Err(e) => {
+                    span.record(semconv::ERROR_TYPE, "redis_error");
+                    span.set_status(Status::error(e.to_string()));
+                    failed += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let Some(error) = first_error else { return Ok(enqueued) };
+        self.count_error();
+        if enqueued.is_empty() {
+            return Err(EnqueueError::Redis(error));
+        }
+        Err(EnqueueError::Partial { enqueued, failed, source: Box::new(EnqueueError::Redis(error)) })
     }
 }
 
 impl Producer {
-    /// Enqueues `job` unless a job with the same idempotency key was enqueued in the last `ttl`; then returns
-    /// that earlier job, marked [`Enqueued::duplicate`]. The check and the enqueue are one atomic step.
+    /// Enqueues `job` unless a job with the same idempotency key was enqueued in the last `ttl`. When that
+    /// earlier job had the same kind and payload (byte for byte), returns it, marked [`Enqueued::duplicate`];
+    /// when it had another, fails with [`EnqueueError::IdempotencyConflict`] naming it. Either way nothing is
+    /// enqueued. The check and the enqueue are one atomic step.
     pub async fn enqueue_once(
         &self,
         mut job: Job,
         key: &IdempotencyKey,
         ttl: Duration,
     ) -> Result<Enqueued, EnqueueError> {
+        if let Err(e) = self.check_partitions().await {
+            self.count_error();
+            return Err(e);
+        }
         let keys = &self.partitions[fnv1a(key.as_str().as_bytes()) as usize % self.partitions.len()];
         let span = send_span(&self.span_name, keys.queue().as_str(), &job);
         let cx = span.context();
         job.trace = propagation::inject(&cx)?;
         let trace_id = cx.span().span_context().trace_id();
         let mut invocation = ENQUEUE_ONCE.key(&keys.stream);
-        invocation.key(keys.idempotency(key)).arg(ttl.as_millis().max(1) as u64).arg(format!("{} {trace_id}", job.id));
+        invocation
+            .key(keys.idempotency(key))
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg(format!("{} {trace_id}", job.id))
+            .arg(fingerprint(&job));
         for (name, value) in job.to_fields() {
             invocation.arg(name).arg(value);
         }
@@ -222,14 +362,23 @@ impl Producer {
             Ok(invocation.invoke_async(&mut conn).await?)
         }
         .await;
-        if !result.as_ref().is_ok_and(|(created, _, _)| *created == 0) {
-            self.count(result.is_ok(), std::iter::once(&job.kind));
+        match &result {
+            Ok((1, _, _)) => self.count_enqueued(&job.kind),
+            Ok(_) => {}
+            Err(_) => self.count_error(),
         }
         let (created, record, message_id) = result.inspect_err(|e| {
             span.record(semconv::ERROR_TYPE, error_type(e));
             span.set_status(Status::error(e.to_string()));
         })?;
         let (job_id, trace) = record.split_once(' ').unwrap_or((record.as_str(), ""));
+        if created < 0 {
+            let e =
+                EnqueueError::IdempotencyConflict { key: key.clone(), job_id: JobId::parse(job_id).unwrap_or(job.id) };
+            span.record(semconv::ERROR_TYPE, error_type(&e));
+            span.set_status(Status::error(e.to_string()));
+            return Err(e);
+        }
         let duplicate = created == 0;
         if duplicate {
             span.record(semconv::IDEMPOTENT_DUPLICATE, true);
@@ -244,6 +393,16 @@ impl Producer {
     }
 }
 
+/// What an idempotency key is compared by: the hex SHA-1 of `<kind>\n<payload>` (a kind holds no newline), the
+/// payload as its JSON text, byte for byte.
+fn fingerprint(job: &Job) -> String {
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(job.kind.as_str().as_bytes());
+    sha.update(b"\n");
+    sha.update(job.payload.as_str().as_bytes());
+    sha.digest().to_string()
+}
+
 /// FNV-1a: a hash every producer computes alike, whatever its version, so a key always picks one partition.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
@@ -254,7 +413,9 @@ fn error_type(e: &EnqueueError) -> &'static str {
         EnqueueError::Job(_) => "invalid_job",
         EnqueueError::Context(_) => "invalid_context",
         EnqueueError::Pool(_) => "redis_unavailable",
-        EnqueueError::Redis(_) => "redis_error",
+        EnqueueError::Redis(_) | EnqueueError::Partial { .. } => "redis_error",
+        EnqueueError::IdempotencyConflict { .. } => "idempotency_conflict",
+        EnqueueError::Partitions(_) => "partition_mismatch",
     }
 }
 

@@ -99,11 +99,25 @@ impl std::str::FromStr for GroupName {
     }
 }
 
-/// A caller's idempotency key: 1 to 200 printable ASCII characters, no spaces.
+/// A caller's idempotency key: 1 to 200 printable ASCII characters (`!` to `~`), no spaces, compared byte for
+/// byte (no case folding, trimming or Unicode normalisation).
+///
+/// One rule on every path: the library, `producer enqueue --idempotency-key`, and `producer serve`'s
+/// `idempotency_key` body field and `Idempotency-Key` header all go through [`IdempotencyKey::parse`] (the header
+/// through [`IdempotencyKey::from_bytes`]), so a key one path refuses, every path refuses with the same message.
+/// Non-ASCII keys are refused rather than normalised: two spellings of the same text (NFC and NFD `é`, or a
+/// header's raw bytes against a JSON string) could otherwise name one job on one path and two on another.
+/// Percent-encode or hash a key that holds other text.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
+    /// Parses an idempotency key given as raw bytes (an HTTP header value): bytes that are not UTF-8 become
+    /// U+FFFD, which [`IdempotencyKey::parse`] refuses like any other non-ASCII character.
+    pub fn from_bytes(value: &[u8]) -> Result<Self, NameError> {
+        Self::parse(&String::from_utf8_lossy(value))
+    }
+
     /// Parses an idempotency key.
     pub fn parse(value: &str) -> Result<Self, NameError> {
         let what = "idempotency key";
@@ -136,6 +150,7 @@ impl std::str::FromStr for IdempotencyKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     queue: QueueName,
+    prefix: String,
     /// `<prefix>:{Q}`: the stream of jobs waiting or in flight.
     pub stream: String,
     /// `<prefix>:{Q}:dead`: dead-lettered jobs with the reason.
@@ -155,6 +170,7 @@ impl Keys {
         let base = format!("{prefix}:{{{queue}}}");
         Ok(Self {
             queue: queue.clone(),
+            prefix: prefix.clone(),
             dead: format!("{base}:dead"),
             delayed: format!("{base}:delayed"),
             done: format!("{base}:done"),
@@ -175,6 +191,18 @@ impl Keys {
     /// The queue these keys belong to.
     pub fn queue(&self) -> &QueueName {
         &self.queue
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The key that records how many partitions the queue `queue` has: `<prefix>:{Q}:partitions` (a decimal
+    /// string), under the queue's own hash tag whether or not it is partitioned. See [`crate::partitions`].
+    pub fn partition_record(prefix: &str, queue: &QueueName) -> Result<String, NameError> {
+        let prefix = parse_name("key prefix", prefix, 64)?;
+        Ok(format!("{prefix}:{{{queue}}}:partitions"))
     }
 
     /// The key that remembers an idempotency key: `<prefix>:{Q}:idem:<key>`.
@@ -216,5 +244,24 @@ mod tests {
         assert!(IdempotencyKey::parse("order-42/payment").is_ok());
         assert!(IdempotencyKey::parse("has space").is_err());
         assert!(IdempotencyKey::parse("").is_err());
+    }
+
+    #[test]
+    fn idempotency_keys_follow_one_rule_from_text_or_bytes() {
+        assert_eq!(IdempotencyKey::from_bytes(b"order-42").unwrap(), IdempotencyKey::parse("order-42").unwrap());
+        for refused in ["clé", "cle\u{301}", "tab\there", "\u{7f}"] {
+            assert!(IdempotencyKey::parse(refused).is_err(), "{refused:?}");
+            assert!(IdempotencyKey::from_bytes(refused.as_bytes()).is_err(), "{refused:?}");
+        }
+        assert!(matches!(IdempotencyKey::from_bytes(b"key-\xff"), Err(NameError::BadChar { ch: '\u{fffd}', .. })));
+        assert!(IdempotencyKey::parse(&"k".repeat(200)).is_ok());
+        assert!(IdempotencyKey::parse(&"k".repeat(201)).is_err());
+    }
+
+    #[test]
+    fn the_partition_record_sits_under_the_queue_tag() {
+        let queue = QueueName::parse("jobs").unwrap();
+        assert_eq!(Keys::partition_record("jobstream", &queue).unwrap(), "jobstream:{jobs}:partitions");
+        assert!(Keys::partition_record("bad prefix", &queue).is_err());
     }
 }

@@ -19,6 +19,7 @@ pub mod limits;
 pub mod loadprobe;
 pub mod metrics;
 pub mod otlp_sink;
+pub mod partitions;
 pub mod propagation;
 pub mod queue;
 pub mod results;

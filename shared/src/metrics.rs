@@ -203,7 +203,16 @@ impl Metrics {
         self.queue_dead.get_or_create(&queue).set(stats.dead as i64);
         for group in &stats.groups {
             let labels = GroupLabels { queue: stats.queue.clone(), group: group.name.clone() };
-            self.group_lag.get_or_create(&labels).set(group.lag.unwrap_or(0) as i64);
+            // An unknown lag (Redis cannot tell, or contradicts itself) is no series at all, never a false 0
+            // or a false backlog.
+            match group.lag {
+                Some(lag) => {
+                    self.group_lag.get_or_create(&labels).set(lag as i64);
+                }
+                None => {
+                    self.group_lag.remove(&labels);
+                }
+            }
             self.group_pending.get_or_create(&labels).set(group.pending as i64);
             self.group_consumers.get_or_create(&labels).set(group.consumers as i64);
             self.group_oldest_pending_age

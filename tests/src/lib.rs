@@ -40,6 +40,11 @@ impl RedisServer {
         server
     }
 
+    /// Starts a server without persistence and with further `redis-server` arguments (e.g. `--maxmemory 3mb`).
+    pub fn start_args(extra: &[&str]) -> Self {
+        Self::launch(tempfile::tempdir().expect("temp dir"), false, None, extra.iter().map(|s| s.to_string()).collect())
+    }
+
     /// Starts a server that also serves TLS on a second port, with a CA and a certificate for 127.0.0.1 made
     /// here by `openssl` (the plain port stays open for the test's own assertions).
     pub fn start_tls() -> Self {
@@ -364,6 +369,21 @@ impl Service {
         self.child.wait().expect("wait for process").code()
     }
 
+    /// Waits up to `timeout` for the process to exit by itself; returns its exit code, or `None` when it is
+    /// still running at the deadline (it is then killed on drop).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status.code());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The process's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -542,4 +562,35 @@ fn dechunk(mut body: &str) -> String {
         body = &rest[size + 2..];
     }
     out
+}
+
+/// A plain HTTP/1.1 request on loopback; returns the status code, the response head (status line and
+/// headers, as sent) and the body.
+pub fn http_exchange(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len())
+            .into_bytes();
+    for (name, value) in headers {
+        request.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    request.extend_from_slice(b"\r\n");
+    request.extend_from_slice(body);
+    stream.write_all(&request).expect("send request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read response");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    (status, head.to_owned(), body)
 }

@@ -1,6 +1,9 @@
 //! `producer load`: the load generator. Sends marked jobs on a schedule ([`pace`]), batches in flight bounded
 //! by `--concurrency`, then (with `--wait`) waits for the consumers to acknowledge them, and reports
 //! ([`report`]) from the latency histograms the consumers published (see [`jobstream::loadprobe`]).
+//!
+//! The report is printed whatever happens once sending has started: when Redis fails mid-run it says how many
+//! jobs Redis took (those of a partly refused pipeline included) and what failed, then the command exits 1.
 
 mod pace;
 mod report;
@@ -47,6 +50,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let progress = Progress::new(!args.no_progress && std::io::stderr().is_terminal(), pace.total());
 
     let producer = Producer::partitioned(pool.clone(), &args.queue.queue, keys.clone(), limits);
+    producer.check_partitions().await?;
     let sender = Sender { producer, kind, payload, run, counters: Arc::default() };
     let start = Instant::now();
     let start_us = jobstream::clock::now_us();
@@ -56,12 +60,20 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     // From here on the wait polls Redis anyway; it updates the bar itself.
     poller.abort();
 
-    let (probe, dead, timed_out) = if args.wait && sent.ok > 0 {
-        wait_drained(&pool, &keys, run, sent.ok, dead_before, args.timeout, &progress).await?
+    let results = if args.wait && sent.ok > 0 {
+        wait_drained(&pool, &keys, run, sent.ok, dead_before, args.timeout, &progress).await
     } else {
-        (read_probe(&pool, &keys, run).await?, dead_len(&pool, &keys).await?.saturating_sub(dead_before), false)
+        async {
+            Ok((read_probe(&pool, &keys, run).await?, dead_len(&pool, &keys).await?.saturating_sub(dead_before), false))
+        }
+        .await
     };
     progress.finish();
+    // Without Redis the consumers' figures are unknown; what was sent is still reported.
+    let (probe, dead, timed_out, results_error) = match results {
+        Ok((probe, dead, timed_out)) => (probe, dead, timed_out, None),
+        Err(e) => (RunReport::default(), 0, false, Some(format!("{e:#}"))),
+    };
 
     let done = probe.ack.len();
     let drain_seconds = (probe.last_ack_us > start_us).then(|| (probe.last_ack_us - start_us) as f64 / 1e6);
@@ -74,6 +86,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         sent: sent.ok,
         enqueue_errors: sent.failed,
         first_error: sent.first_error.clone(),
+        results_error: results_error.clone(),
         enqueue_seconds,
         enqueue_rate: sent.ok as f64 / enqueue_seconds.max(1e-9),
         max_behind_ms: sent.max_behind.as_secs_f64() * 1000.0,
@@ -99,6 +112,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     out.flush()?;
     if let Some(error) = sent.first_error {
         bail!("enqueueing failed after {} jobs: {error}", sent.ok);
+    }
+    if let Some(error) = results_error {
+        bail!("cannot read the run's results from Redis: {error}");
     }
     if timed_out {
         bail!("gave up after {:?}: {} jobs neither acknowledged nor dead", args.timeout, sent.ok - done.min(sent.ok));
@@ -183,7 +199,10 @@ impl Sender {
                         counters.ok.fetch_add(done.len() as u64, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        counters.failed.fetch_add(n, Ordering::Relaxed);
+                        // What a partly refused pipeline wrote was sent.
+                        let written = e.enqueued().len() as u64;
+                        counters.ok.fetch_add(written, Ordering::Relaxed);
+                        counters.failed.fetch_add(n - written, Ordering::Relaxed);
                         counters.stop.store(true, Ordering::Relaxed);
                         counters.first_error.lock().expect("not poisoned").get_or_insert_with(|| e.to_string());
                     }

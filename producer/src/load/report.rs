@@ -57,6 +57,8 @@ pub struct Report {
     /// Jobs whose enqueue failed.
     pub enqueue_errors: u64,
     pub first_error: Option<String>,
+    /// Why the consumers' figures (done, dead, latencies) could not be read, e.g. Redis failed mid-run.
+    pub results_error: Option<String>,
     pub enqueue_seconds: f64,
     pub enqueue_rate: f64,
     /// How far the generator fell behind its schedule at worst (open loop only), ms.
@@ -86,6 +88,9 @@ impl fmt::Display for Report {
         )?;
         if let Some(error) = &self.first_error {
             writeln!(f, "  first error: {error}")?;
+        }
+        if let Some(error) = &self.results_error {
+            writeln!(f, "  results unknown: {error}")?;
         }
         if self.offered_rate.is_some() {
             writeln!(f, "  most behind schedule: {:.1} ms", self.max_behind_ms)?;
