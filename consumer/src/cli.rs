@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use jobstream::config::{parse_duration, QueueArgs, RedisArgs};
+use jobstream::config::{duration_between, QueueArgs, RedisArgs};
 use jobstream::retry::parse_kind_attempts;
 use jobstream::{GroupName, TraceMode};
 
@@ -26,8 +26,9 @@ pub struct Cli {
     /// Consumer group; created at the start of the stream if missing.
     #[arg(long, env = "JOBSTREAM_GROUP", default_value = jobstream::keys::DEFAULT_GROUP)]
     pub group: GroupName,
-    /// Consumer name, unique per process [default: <hostname>-<pid>].
-    #[arg(long, env = "JOBSTREAM_CONSUMER")]
+    /// Consumer name, unique per process: 1 to 200 characters, no control characters
+    /// [default: <hostname>-<pid>].
+    #[arg(long, env = "JOBSTREAM_CONSUMER", value_parser = consumer_name)]
     pub consumer: Option<String>,
     /// Address of the /healthz, /readyz and /metrics endpoints.
     #[arg(long, env = "JOBSTREAM_LISTEN", default_value = "0.0.0.0:9090")]
@@ -38,15 +39,17 @@ pub struct Cli {
     /// Most entries fetched by one XREADGROUP.
     #[arg(long, env = "JOBSTREAM_BATCH_SIZE", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
-    /// How long one XREADGROUP waits for new entries (also bounds how long shutdown waits for the reader).
-    #[arg(long, env = "JOBSTREAM_BLOCK", default_value = "2s", value_parser = parse_duration)]
+    /// How long one XREADGROUP waits for new entries (also bounds how long shutdown waits for the reader):
+    /// 10ms to 60s, and shorter than the visibility timeout.
+    #[arg(long, env = "JOBSTREAM_BLOCK", default_value = "2s", value_parser = duration_between(BLOCK_MIN, BLOCK_MAX))]
     pub block: Duration,
-    /// How long running jobs may take to finish after SIGTERM.
-    #[arg(long, env = "JOBSTREAM_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    /// How long running jobs may take to finish after SIGTERM (at most 24h).
+    #[arg(long, env = "JOBSTREAM_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration_between(Duration::ZERO, DAY))]
     pub shutdown_grace: Duration,
     /// A job idle this long in another consumer's hands is taken over (that consumer is presumed dead).
     /// Running jobs renew their claim every third of it, so a slow job of a live worker is never taken.
-    #[arg(long, env = "JOBSTREAM_VISIBILITY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    /// 100ms to 24h.
+    #[arg(long, env = "JOBSTREAM_VISIBILITY_TIMEOUT", default_value = "60s", value_parser = duration_between(VISIBILITY_MIN, DAY))]
     pub visibility_timeout: Duration,
     /// Attempts per job, the first included; then the job is dead-lettered.
     #[arg(long, env = "JOBSTREAM_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
@@ -55,20 +58,21 @@ pub struct Cli {
     #[arg(long, env = "JOBSTREAM_MAX_ATTEMPTS_FOR", value_delimiter = ',', value_parser = parse_kind_attempts)]
     pub max_attempts_for: Vec<(String, u32)>,
     /// Delay before the second attempt; it doubles for each further one (with jitter).
-    #[arg(long, env = "JOBSTREAM_RETRY_BASE_DELAY", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "JOBSTREAM_RETRY_BASE_DELAY", default_value = "1s", value_parser = duration_between(Duration::ZERO, 30 * DAY))]
     pub retry_base_delay: Duration,
-    /// Longest delay between attempts.
-    #[arg(long, env = "JOBSTREAM_RETRY_MAX_DELAY", default_value = "5m", value_parser = parse_duration)]
+    /// Longest delay between attempts (at most 30 days).
+    #[arg(long, env = "JOBSTREAM_RETRY_MAX_DELAY", default_value = "5m", value_parser = duration_between(Duration::ZERO, 30 * DAY))]
     pub retry_max_delay: Duration,
     /// A job delivered more often than this without an outcome (it crashes its workers) is dead-lettered.
     #[arg(long, env = "JOBSTREAM_MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_deliveries: u64,
     /// Acknowledged jobs older than this are trimmed from the stream; an entry a group has not acknowledged
-    /// or received is never trimmed. 0 keeps everything.
-    #[arg(long, env = "JOBSTREAM_RETENTION", default_value = "1h", value_parser = parse_duration)]
+    /// or received is never trimmed. 0 keeps everything. The shipped kinds' `done` hash expires this long after
+    /// its last write. At most 365 days.
+    #[arg(long, env = "JOBSTREAM_RETENTION", default_value = "1h", value_parser = duration_between(Duration::ZERO, YEAR))]
     pub retention: Duration,
-    /// Dead jobs older than this are trimmed. 0 keeps them (the --dead-maxlen cap still applies).
-    #[arg(long, env = "JOBSTREAM_DEAD_RETENTION", default_value = "7days", value_parser = parse_duration)]
+    /// Dead jobs older than this are trimmed. 0 keeps them (the --dead-maxlen cap still applies). At most 365 days.
+    #[arg(long, env = "JOBSTREAM_DEAD_RETENTION", default_value = "7days", value_parser = duration_between(Duration::ZERO, YEAR))]
     pub dead_retention: Duration,
     /// parent: each attempt's span continues the producer's trace. link: each attempt starts a new trace
     /// linked to the producer's span (for long delays or very large fan-outs).
@@ -77,15 +81,89 @@ pub struct Cli {
     /// Approximate cap on the dead-letter stream's length; 0 for none.
     #[arg(long, env = "JOBSTREAM_DEAD_MAXLEN", default_value_t = 100_000)]
     pub dead_maxlen: u64,
-    /// demo kind: multiplies the simulated latency of each step; 0 for none.
-    #[arg(long, env = "JOBSTREAM_DEMO_LATENCY_SCALE", default_value_t = 1.0)]
+    /// demo kind: multiplies the simulated latency of each step; 0 for none, at most 1000.
+    #[arg(long, env = "JOBSTREAM_DEMO_LATENCY_SCALE", default_value_t = 1.0, value_parser = latency_scale)]
     pub demo_latency_scale: f64,
     /// demo kind: probability in [0, 1] that an attempt fails.
     #[arg(long, env = "JOBSTREAM_DEMO_FAILURE_RATE", default_value_t = 0.1, value_parser = probability)]
     pub demo_failure_rate: f64,
-    /// demo kind: how long results stay in Redis.
-    #[arg(long, env = "JOBSTREAM_RESULT_TTL", default_value = "24h", value_parser = parse_duration)]
+    /// demo kind: how long results stay in Redis (at most 365 days).
+    #[arg(long, env = "JOBSTREAM_RESULT_TTL", default_value = "24h", value_parser = duration_between(Duration::ZERO, YEAR))]
     pub result_ttl: Duration,
+    /// A consumer of the group idle this long that holds no pending entry (a process that is gone) is removed
+    /// from the group; 0 never removes one. 1s to 365 days [default: 1h or 10 × the visibility timeout,
+    /// whichever is longer].
+    #[arg(long, env = "JOBSTREAM_REMOVE_IDLE_CONSUMERS_AFTER", value_parser = idle_consumer_bound)]
+    pub remove_idle_consumers_after: Option<Duration>,
+}
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Shorter blocking reads spin: a read a millisecond costs Redis and the worker CPU for nothing.
+const BLOCK_MIN: Duration = Duration::from_millis(10);
+/// SIGTERM is noticed between reads, so the block time bounds how late shutdown starts.
+const BLOCK_MAX: Duration = Duration::from_secs(60);
+/// Claims are renewed every third of the visibility timeout; below this a renewal cannot be relied on to land
+/// in time, and a worker takes its own running jobs over.
+const VISIBILITY_MIN: Duration = Duration::from_millis(100);
+/// The shortest idle time after which a consumer holding nothing is removed from the group.
+const IDLE_CONSUMER_MIN: Duration = Duration::from_secs(1);
+
+impl Cli {
+    /// Parses the command line and environment; a flag out of range, or flags that contradict each other,
+    /// end the process with one `error:` line and exit status 2, as clap does for any bad usage.
+    pub fn parse_valid() -> Self {
+        let cli = Self::parse();
+        if let Err(message) = cli.check() {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{message}\n")).exit();
+        }
+        cli
+    }
+
+    /// What no single flag's parser can see.
+    fn check(&self) -> Result<(), String> {
+        if self.block >= self.visibility_timeout {
+            return Err(format!(
+                "--block ({:?}) must be shorter than --visibility-timeout ({:?}): dead workers' jobs are taken over between reads",
+                self.block, self.visibility_timeout
+            ));
+        }
+        Ok(())
+    }
+
+    /// How long a consumer holding nothing may stay idle before it is removed from the group; `None` never.
+    pub fn idle_consumer_bound(&self) -> Option<Duration> {
+        match self.remove_idle_consumers_after {
+            Some(bound) if bound.is_zero() => None,
+            Some(bound) => Some(bound),
+            None => Some((10 * self.visibility_timeout).max(Duration::from_secs(3600))),
+        }
+    }
+}
+
+fn consumer_name(text: &str) -> Result<String, String> {
+    let length = text.chars().count();
+    if text.trim().is_empty() || length > 200 || text.chars().any(char::is_control) {
+        return Err("a consumer name is 1 to 200 characters, not all blank, with no control characters".to_owned());
+    }
+    Ok(text.to_owned())
+}
+
+fn latency_scale(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(scale) if (0.0..=1000.0).contains(&scale) => Ok(scale),
+        Ok(scale) => Err(format!("{scale} is not a factor from 0 to 1000")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn idle_consumer_bound(text: &str) -> Result<Duration, String> {
+    match duration_between(Duration::ZERO, YEAR)(text)? {
+        bound if !bound.is_zero() && bound < IDLE_CONSUMER_MIN => {
+            Err("must be 0 (never) or from 1s to 365days".to_owned())
+        }
+        bound => Ok(bound),
+    }
 }
 
 fn probability(text: &str) -> Result<f64, String> {

@@ -6,7 +6,6 @@ mod kinds;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
 use jobstream::retry::RetryPolicy;
 use jobstream::worker::default_consumer_name;
 use std::sync::Arc;
@@ -28,20 +27,22 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_valid();
     let telemetry = telemetry::init("jobstream-consumer")?;
     let result = run(cli).await;
     telemetry.shutdown(Duration::from_secs(10)).await;
     result
 }
 
-/// The shipped job kinds, writing their records under `keys` (one partition's).
+/// The shipped job kinds, writing their records under `keys` (one partition's), the `done` hash kept for
+/// `demo.done_retention`.
 fn handlers(pool: &Pool, keys: &Keys, demo: DemoSettings, limits: jobstream::Limits) -> anyhow::Result<Handlers> {
     let producer = Producer::new(pool.clone(), keys.clone(), limits);
+    let retention = demo.done_retention;
     Ok(Handlers::new()
         .register(JobKind::parse("demo")?, Demo::new(pool.clone(), keys.clone(), demo))
-        .register(JobKind::parse("noop")?, Noop::new(pool.clone(), keys.clone()))
-        .register(JobKind::parse("fanout")?, Fanout::new(pool.clone(), keys.clone(), producer)))
+        .register(JobKind::parse("noop")?, Noop::new(pool.clone(), keys.clone(), retention))
+        .register(JobKind::parse("fanout")?, Fanout::new(pool.clone(), keys.clone(), producer, retention)))
 }
 
 async fn run(cli: cli::Cli) -> anyhow::Result<()> {
@@ -60,10 +61,12 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         latency_scale: cli.demo_latency_scale,
         failure_rate: cli.demo_failure_rate,
         result_ttl: cli.result_ttl,
+        done_retention: (!cli.retention.is_zero()).then_some(cli.retention),
         consumer: consumer.clone(),
     };
 
     let mut config = WorkerConfig::new(consumer);
+    config.remove_idle_consumers_after = cli.idle_consumer_bound();
     config.group = cli.group;
     config.concurrency = concurrency;
     config.batch_size = cli.batch_size as usize;

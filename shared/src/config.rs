@@ -64,8 +64,9 @@ pub struct QueueArgs {
     /// Prefix of every Redis key jobstream writes.
     #[arg(long, env = "JOBSTREAM_PREFIX", default_value = crate::keys::DEFAULT_PREFIX)]
     pub prefix: String,
-    /// Largest job payload accepted, in bytes (checked by producers and consumers).
-    #[arg(long, env = "JOBSTREAM_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES)]
+    /// Largest job payload accepted, in bytes (checked by producers and consumers): 2 (`{}`) to 512 MiB
+    /// (the largest value Redis stores).
+    #[arg(long, env = "JOBSTREAM_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES, value_parser = payload_bytes)]
     pub max_payload_bytes: usize,
     /// Split the queue into this many partitions, the queues <queue>:0 … <queue>:<n-1>, each its own stream
     /// and hash slot: producers spread jobs over them, consumers read all of them. Producers and consumers of a
@@ -102,6 +103,33 @@ pub fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> 
     humantime::parse_duration(text)
 }
 
+/// A flag's parser for a duration from `min` to `max` inclusive, for `#[arg(value_parser = ...)]`: a value out
+/// of range is refused at start-up with the range in the message, as clap reports any bad flag (exit status 2).
+pub fn duration_between(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |text| {
+        let value = parse_duration(text).map_err(|e| e.to_string())?;
+        if value < min || value > max {
+            let show = |d: Duration| humantime::format_duration(d).to_string();
+            return Err(format!("must be from {} to {}", show(min), show(max)));
+        }
+        Ok(value)
+    }
+}
+
+/// Largest payload limit accepted: Redis stores no larger value.
+pub const MAX_PAYLOAD_LIMIT: usize = 512 * 1024 * 1024;
+
+fn payload_bytes(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (2..=MAX_PAYLOAD_LIMIT).contains(&n) => Ok(n),
+        Ok(_) => Err(format!("must be from 2 to {MAX_PAYLOAD_LIMIT} bytes")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A secret from a flag or the environment (a token, a password): usable, never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -123,5 +151,23 @@ impl std::str::FromStr for Secret {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(Self(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_checked_against_their_range() {
+        let block = duration_between(Duration::from_millis(10), Duration::from_secs(60));
+        assert_eq!(block("10ms"), Ok(Duration::from_millis(10)));
+        assert_eq!(block("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(block("0s"), Err("must be from 10ms to 1m".to_owned()));
+        assert!(block("61s").is_err());
+        assert!(block("soon").is_err());
+        assert_eq!(payload_bytes("2"), Ok(2));
+        assert!(payload_bytes("1").is_err());
+        assert!(payload_bytes(&(MAX_PAYLOAD_LIMIT + 1).to_string()).is_err());
     }
 }

@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod consumers;
 pub mod enqueue;
 pub mod handler;
 pub mod health;

@@ -4,6 +4,11 @@
 //! Baggage) over [`TraceHeaders`], so any SDK in any language reads the same fields with no jobstream code.
 //! This module adds what the propagators leave to the caller: the W3C size limits, and the reason a context
 //! could not be continued, which the consumer records on the span of the new root trace it starts instead.
+//!
+//! The sizes are what every vendor must propagate *at least*, so a reader does not give up a trace over them:
+//! a valid `traceparent` is always continued, and an oversized `tracestate` or `baggage` is cut by whole list
+//! members as the specifications describe (see [`TraceHeaders::truncated`]); the `process` span then says so
+//! in `jobstream.trace.context_truncated`. A writer ([`inject`]) still refuses to write fields past them.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -14,7 +19,10 @@ use opentelemetry::Context;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
 use crate::job::{field, Fields};
-use crate::limits::{BAGGAGE_MAX_BYTES, BAGGAGE_MAX_MEMBERS, TRACESTATE_MAX_CHARS, TRACESTATE_MAX_MEMBERS};
+use crate::limits::{
+    BAGGAGE_MAX_BYTES, BAGGAGE_MAX_MEMBERS, TRACESTATE_LONG_MEMBER_CHARS, TRACESTATE_MAX_CHARS, TRACESTATE_MAX_MEMBERS,
+};
+use crate::semconv;
 
 static PROPAGATOR: LazyLock<TextMapCompositePropagator> = LazyLock::new(|| {
     TextMapCompositePropagator::new(vec![Box::new(TraceContextPropagator::new()), Box::new(BaggagePropagator::new())])
@@ -58,6 +66,76 @@ impl TraceHeaders {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// These headers cut by whole list members to the W3C sizes, with which fields were cut (`tracestate`,
+    /// `baggage` or `tracestate,baggage`); `None` when every field is within them. The `traceparent` is never
+    /// touched. A field cut to nothing is left out.
+    ///
+    /// `tracestate` (W3C Trace Context, "tracestate limits"): the first 32 members are kept; then, while it is
+    /// longer than 512 characters, members longer than 128 characters go first, the last one first, then
+    /// members from the end. `baggage` (W3C Baggage, "limits"): members go from the end until at most 64
+    /// remain and the whole is at most 8192 bytes.
+    pub fn truncated(&self) -> Option<(TraceHeaders, &'static str)> {
+        let state = self.get(field::TRACESTATE).and_then(truncate_tracestate);
+        let baggage = self.get(field::BAGGAGE).and_then(truncate_baggage);
+        let label = match (&state, &baggage) {
+            (None, None) => return None,
+            (Some(_), None) => "tracestate",
+            (None, Some(_)) => "baggage",
+            (Some(_), Some(_)) => "tracestate,baggage",
+        };
+        let mut cut = self.clone();
+        for (name, value) in [(field::TRACESTATE, state), (field::BAGGAGE, baggage)] {
+            match value {
+                Some(value) if value.is_empty() => {
+                    cut.0.remove(name);
+                }
+                Some(value) => {
+                    cut.0.insert(name.to_owned(), value);
+                }
+                None => {}
+            }
+        }
+        Some((cut, label))
+    }
+}
+
+/// The non-empty members of a W3C list, without the optional white space around them.
+fn list_members(list: &str) -> Vec<&str> {
+    list.split(',').map(str::trim).filter(|m| !m.is_empty()).collect()
+}
+
+/// Length of the members joined with commas, counted by `measure`.
+fn joined_length(members: &[&str], measure: impl Fn(&str) -> usize) -> usize {
+    members.iter().map(|m| measure(m)).sum::<usize>() + members.len().saturating_sub(1)
+}
+
+fn truncate_tracestate(value: &str) -> Option<String> {
+    let chars = |m: &str| m.chars().count();
+    let mut kept = list_members(value);
+    if kept.len() <= TRACESTATE_MAX_MEMBERS && chars(value) <= TRACESTATE_MAX_CHARS {
+        return None;
+    }
+    kept.truncate(TRACESTATE_MAX_MEMBERS);
+    while joined_length(&kept, chars) > TRACESTATE_MAX_CHARS {
+        match kept.iter().rposition(|m| chars(m) > TRACESTATE_LONG_MEMBER_CHARS) {
+            Some(long) => kept.remove(long),
+            None => kept.pop().expect("an empty list has length 0"),
+        };
+    }
+    Some(kept.join(","))
+}
+
+fn truncate_baggage(value: &str) -> Option<String> {
+    let mut kept = list_members(value);
+    if kept.len() <= BAGGAGE_MAX_MEMBERS && value.len() <= BAGGAGE_MAX_BYTES {
+        return None;
+    }
+    kept.truncate(BAGGAGE_MAX_MEMBERS);
+    while joined_length(&kept, str::len) > BAGGAGE_MAX_BYTES {
+        kept.pop();
+    }
+    Some(kept.join(","))
 }
 
 impl Injector for TraceHeaders {
@@ -148,15 +226,14 @@ impl ContextStatus {
     }
 }
 
-/// Reads the context of an entry. When it cannot be continued, the returned context is empty (a new root).
+/// Reads the context of an entry, its `tracestate` and `baggage` cut to the W3C sizes first
+/// ([`TraceHeaders::truncated`]). When it cannot be continued, the returned context is empty (a new root).
 pub fn extract(headers: &TraceHeaders) -> (Context, ContextStatus) {
     let Some(traceparent) = headers.get(field::TRACEPARENT) else {
         return (Context::new(), ContextStatus::Missing);
     };
-    if let Err(e) = check_limits(headers) {
-        return (Context::new(), ContextStatus::Invalid(e));
-    }
-    let cx = PROPAGATOR.extract(headers);
+    let cut = headers.truncated();
+    let cx = PROPAGATOR.extract(cut.as_ref().map_or(headers, |(cut, _)| cut));
     if cx.span().span_context().is_valid() {
         (cx, ContextStatus::Continued)
     } else {
@@ -165,9 +242,22 @@ pub fn extract(headers: &TraceHeaders) -> (Context, ContextStatus) {
     }
 }
 
+/// Records on `span`, as [`semconv::TRACE_CONTEXT_TRUNCATED`], which trace fields [`extract`] cut to the W3C
+/// sizes before continuing the context of these headers; nothing when it cut none.
+pub fn record_truncation(span: &tracing::Span, headers: &TraceHeaders) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if headers.get(field::TRACEPARENT).is_none() {
+        return;
+    }
+    if let Some((_, label)) = headers.truncated() {
+        span.set_attribute(semconv::TRACE_CONTEXT_TRUNCATED, label);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry::baggage::BaggageExt;
     use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
     const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -206,16 +296,85 @@ mod tests {
         assert_eq!(extract(&headers(&[("traceparent", zero)])).1.label(), "invalid");
     }
 
+    fn list(members: impl IntoIterator<Item = String>) -> String {
+        members.into_iter().collect::<Vec<_>>().join(",")
+    }
+
     #[test]
-    fn oversized_tracestate_and_baggage_are_refused() {
-        let big_state = (0..33).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join(",");
-        let (_, status) = extract(&headers(&[("traceparent", PARENT), ("tracestate", &big_state)]));
-        assert!(matches!(status, ContextStatus::Invalid(ContextError::TracestateTooLarge { members: 33, .. })));
-        let long_state = format!("k={}", "v".repeat(600));
-        assert_eq!(extract(&headers(&[("traceparent", PARENT), ("tracestate", &long_state)])).1.label(), "invalid");
-        let big_baggage = format!("k={}", "v".repeat(9000));
-        let (_, status) = extract(&headers(&[("traceparent", PARENT), ("baggage", &big_baggage)]));
-        assert!(matches!(status, ContextStatus::Invalid(ContextError::BaggageTooLarge { .. })));
+    fn an_oversized_tracestate_keeps_the_trace_and_loses_whole_members() {
+        // 33 members: the 33rd goes, the parent and the first 32 stay.
+        let many = list((0..33).map(|i| format!("k{i}=v")));
+        let (cx, status) = extract(&headers(&[("traceparent", PARENT), ("tracestate", &many)]));
+        assert_eq!(status, ContextStatus::Continued);
+        let state = cx.span().span_context().trace_state().clone();
+        assert_eq!(state.get("k31"), Some("v"));
+        assert_eq!(state.get("k32"), None);
+        assert_eq!(state.header().split(',').count(), 32);
+
+        // Over 512 characters: the long members go first, the last first, then from the end.
+        let long = |k: &str| format!("{k}={}", "l".repeat(200));
+        let short = |k: &str| format!("{k}={}", "s".repeat(60));
+        let mixed = list([short("a"), long("b"), short("c"), long("d"), short("e"), short("f"), short("g")]);
+        assert!(mixed.len() > 512);
+        let cut = headers(&[("traceparent", PARENT), ("tracestate", &mixed)]).truncated().unwrap();
+        // Without d: 5·62 + 202 + 5 commas = 517, still too long; without b too: 314.
+        assert_eq!(
+            cut.0.get("tracestate"),
+            Some(list([short("a"), short("c"), short("e"), short("f"), short("g")]).as_str())
+        );
+        assert_eq!(cut.1, "tracestate");
+        let shorts = list((0..10).map(|i| short(&format!("k{i}"))));
+        let cut = headers(&[("tracestate", &shorts)]).truncated().unwrap().0;
+        assert_eq!(
+            cut.get("tracestate"),
+            Some(list((0..8).map(|i| short(&format!("k{i}")))).as_str()),
+            "8·63 + 7 = 511"
+        );
+        assert_eq!(cut.get("traceparent"), None, "nothing added");
+
+        // One member past the limit alone: the field goes, the trace stays.
+        let huge = headers(&[("traceparent", PARENT), ("tracestate", &format!("k={}", "v".repeat(600)))]);
+        assert_eq!(huge.truncated().unwrap().0.get("tracestate"), None);
+        assert_eq!(extract(&huge).1, ContextStatus::Continued);
+    }
+
+    #[test]
+    fn an_oversized_baggage_loses_members_from_the_end() {
+        let big = list((0..60).map(|i| format!("k{i:02}={}", "y".repeat(150))));
+        let (cut, label) = headers(&[("traceparent", PARENT), ("baggage", &big)]).truncated().unwrap();
+        assert_eq!(label, "baggage");
+        let kept = cut.get("baggage").unwrap();
+        assert!(kept.len() <= 8192 && kept.len() > 8192 - 155, "{}", kept.len());
+        assert!(big.starts_with(kept), "a prefix of whole members");
+        assert_eq!(cut.get("traceparent"), Some(PARENT));
+        let (cx, status) = extract(&headers(&[("traceparent", PARENT), ("baggage", &big)]));
+        assert_eq!(status, ContextStatus::Continued);
+        assert_eq!(cx.baggage().len(), kept.split(',').count());
+
+        let many = list((0..100).map(|i| format!("m{i}=1")));
+        let cut = headers(&[("baggage", &many)]).truncated().unwrap().0;
+        assert_eq!(cut.get("baggage").unwrap().split(',').count(), 64);
+
+        let both = headers(&[("tracestate", &format!("k={}", "v".repeat(600))), ("baggage", &many)]);
+        assert_eq!(both.truncated().unwrap().1, "tracestate,baggage");
+        assert_eq!(
+            headers(&[("traceparent", PARENT), ("tracestate", "a=1, b=2"), ("baggage", "k=v")]).truncated(),
+            None
+        );
+    }
+
+    #[test]
+    fn inject_still_refuses_fields_past_the_limits() {
+        let state = TraceState::from_key_value((0..10).map(|i| (format!("k{i}"), "v".repeat(60)))).unwrap();
+        let sc = SpanContext::new(
+            TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
+            SpanId::from_hex("b7ad6b7169203331").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            state,
+        );
+        let refused = inject(&Context::new().with_remote_span_context(sc));
+        assert!(matches!(refused, Err(ContextError::TracestateTooLarge { members: 10, .. })));
     }
 
     #[test]

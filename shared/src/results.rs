@@ -3,6 +3,10 @@
 //! A successful run increments the job's field in the `<prefix>:{Q}:done` hash; the `demo` kind also stores its
 //! result under `<prefix>:{Q}:result:<job id>` with a time to live. Both are written after the handler's work
 //! and before the acknowledgement, so a crash in between shows as a count of 2: a duplicate, not a loss.
+//!
+//! The `done` hash lives as long as the acknowledged entries it describes: each write sets its time to live to
+//! the consumer's retention (`--retention`) in the same MULTI, so it expires that long after the last job
+//! recorded in it instead of growing forever. With no retention (0), it is kept like the entries.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,25 +17,36 @@ use crate::handler::JobFailure;
 use crate::job::JobId;
 use crate::keys::Keys;
 
-/// Counts one successful run of `job_id`.
-pub async fn record_done(pool: &Pool, keys: &Keys, job_id: &JobId) -> Result<(), JobFailure> {
+/// Counts one successful run of `job_id`; the `done` hash then expires `retention` after this write (`None`:
+/// never), in the same MULTI.
+pub async fn record_done(
+    pool: &Pool,
+    keys: &Keys,
+    job_id: &JobId,
+    retention: Option<Duration>,
+) -> Result<(), JobFailure> {
     let mut conn = pool.get().await?;
-    redis::cmd("HINCRBY").arg(&keys.done).arg(job_id.to_string()).arg(1).query_async::<i64>(&mut conn).await?;
+    let mut pipe = redis::pipe();
+    pipe.atomic().cmd("HINCRBY").arg(&keys.done).arg(job_id.to_string()).arg(1).ignore();
+    expire_done(&mut pipe, keys, retention);
+    pipe.query_async::<()>(&mut conn).await?;
     Ok(())
 }
 
-/// Stores a job's result for `ttl` and counts the run, in one MULTI so both or neither are written.
+/// Stores a job's result for `ttl` and counts the run, in one MULTI so both or neither are written; the `done`
+/// hash expires `retention` after this write, as in [`record_done`].
 pub async fn store_result(
     pool: &Pool,
     keys: &Keys,
     job_id: &JobId,
     result_json: &str,
     ttl: Duration,
+    retention: Option<Duration>,
 ) -> Result<(), JobFailure> {
     let id = job_id.to_string();
     let mut conn = pool.get().await?;
-    redis::pipe()
-        .atomic()
+    let mut pipe = redis::pipe();
+    pipe.atomic()
         .cmd("SET")
         .arg(keys.result(&id))
         .arg(result_json)
@@ -42,10 +57,16 @@ pub async fn store_result(
         .arg(&keys.done)
         .arg(&id)
         .arg(1)
-        .ignore()
-        .query_async::<()>(&mut conn)
-        .await?;
+        .ignore();
+    expire_done(&mut pipe, keys, retention);
+    pipe.query_async::<()>(&mut conn).await?;
     Ok(())
+}
+
+fn expire_done(pipe: &mut redis::Pipeline, keys: &Keys, retention: Option<Duration>) {
+    if let Some(retention) = retention {
+        pipe.cmd("PEXPIRE").arg(&keys.done).arg(retention.as_millis().max(1) as u64).ignore();
+    }
 }
 
 /// How many of a set of jobs completed.

@@ -31,6 +31,9 @@ pub const JOB_ATTEMPT: &str = "jobstream.job.attempt";
 pub const TRACE_CONTEXT: &str = "jobstream.trace.context";
 /// Why an entry's trace context could not be continued.
 pub const TRACE_CONTEXT_ERROR: &str = "jobstream.trace.context_error";
+/// The entry's trace fields cut by whole members to the W3C sizes before the context was continued:
+/// `tracestate`, `baggage` or `tracestate,baggage`. Absent when nothing was cut.
+pub const TRACE_CONTEXT_TRUNCATED: &str = "jobstream.trace.context_truncated";
 /// `error.type`: the class of a failure.
 pub const ERROR_TYPE: &str = "error.type";
 /// Outcome of settling a job: `ack`, `retry`, `dead`.

@@ -23,6 +23,8 @@ pub struct DemoSettings {
     pub failure_rate: f64,
     /// How long results stay in Redis.
     pub result_ttl: Duration,
+    /// How long the queue's `done` hash stays after its last write; `None` keeps it.
+    pub done_retention: Option<Duration>,
     /// Recorded in the result: which consumer ran the job.
     pub consumer: String,
 }
@@ -83,6 +85,7 @@ impl JobHandler for Demo {
                         &job.id,
                         &result.to_string(),
                         self.settings.result_ttl,
+                        self.settings.done_retention,
                     )
                     .await?;
                 }

@@ -1,6 +1,8 @@
 //! `noop`: does nothing but, unless its payload says `"record": false`, record that it ran. For load tests
 //! (the load generator sends `{"record": false}`, so a run costs Redis nothing beyond the queue's own work).
 
+use std::time::Duration;
+
 use jobstream::connection::Pool;
 use jobstream::{results, Job, JobFailure, JobHandler, Keys};
 use serde::Deserialize;
@@ -9,6 +11,7 @@ use serde::Deserialize;
 pub struct Noop {
     pool: Pool,
     keys: Keys,
+    retention: Option<Duration>,
 }
 
 /// What a `noop` payload may say; other fields are ignored.
@@ -24,9 +27,9 @@ fn yes() -> bool {
 }
 
 impl Noop {
-    /// A handler recording runs in `keys.done`.
-    pub fn new(pool: Pool, keys: Keys) -> Self {
-        Self { pool, keys }
+    /// A handler recording runs in `keys.done`, a hash kept `retention` after its last write.
+    pub fn new(pool: Pool, keys: Keys, retention: Option<Duration>) -> Self {
+        Self { pool, keys, retention }
     }
 }
 
@@ -35,7 +38,7 @@ impl JobHandler for Noop {
         // Any payload is accepted; only an object with `"record": false` turns recording off.
         let record = job.payload.deserialize::<NoopPayload>().map_or(true, |p| p.record);
         if record {
-            results::record_done(&self.pool, &self.keys, &job.id).await?;
+            results::record_done(&self.pool, &self.keys, &job.id, self.retention).await?;
         }
         Ok(())
     }

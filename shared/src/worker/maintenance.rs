@@ -1,6 +1,6 @@
 //! The worker's background duties besides reading: moving due retries from the delayed set back to the stream,
-//! renewing the claim on jobs still running so no other worker reclaims them, trimming old entries, and
-//! publishing load-test latency probes. All stop on shutdown.
+//! renewing the claim on jobs still running so no other worker reclaims them, trimming old entries and removing
+//! consumers that are gone from the group, and publishing load-test latency probes. All stop on shutdown.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use crate::backoff::Backoff;
-use crate::{loadprobe, queue};
+use crate::{consumers, loadprobe, queue};
 
 /// Jobs moved by one run of the promotion script.
 const PROMOTE_BATCH: usize = 256;
@@ -128,16 +128,24 @@ pub(crate) async fn renew(shared: Arc<Shared>, every: Duration, stop: Cancellati
     }
 }
 
-/// Trims acknowledged entries past the retention and old dead entries every `every`, until `stop`.
+/// Trims acknowledged entries past the retention and old dead entries, and removes the group's consumers idle
+/// past `remove_idle_consumers_after` that hold nothing, every `every`, until `stop`.
 pub(crate) async fn trim(shared: Arc<Shared>, every: Duration, stop: CancellationToken) {
     let config = &shared.config;
-    if config.retention.is_none() && config.dead_retention.is_none() {
+    let trims = config.retention.is_some() || config.dead_retention.is_some();
+    if !trims && config.remove_idle_consumers_after.is_none() {
         return;
     }
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
+        }
+        if let Some(min_idle) = config.remove_idle_consumers_after {
+            remove_idle_consumers(&shared, min_idle).await;
+        }
+        if !trims {
+            continue;
         }
         let trimmed = async {
             let mut conn = shared.pool.get().await.map_err(|e| e.to_string())?;
@@ -151,6 +159,32 @@ pub(crate) async fn trim(shared: Arc<Shared>, every: Duration, stop: Cancellatio
             Ok((stream, dead)) => tracing::debug!(stream, dead, "trimmed old entries"),
             Err(error) => tracing::debug!(%error, "trimming failed; will try again"),
         }
+    }
+}
+
+/// Removes the group's consumers idle for `min_idle` that hold no pending entry (never this worker), saying
+/// which at info level.
+async fn remove_idle_consumers(shared: &Shared, min_idle: Duration) {
+    let config = &shared.config;
+    let removed = async {
+        let mut conn = shared.pool.get().await.map_err(|e| e.to_string())?;
+        consumers::remove_idle(&mut conn, &shared.keys, &config.group, min_idle, &config.consumer)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    match removed {
+        Ok(names) => {
+            for name in names {
+                tracing::info!(
+                    consumer = %name,
+                    group = %config.group,
+                    idle_at_least = ?min_idle,
+                    "removed a consumer from the group: idle past the bound and holding no pending entry"
+                );
+            }
+        }
+        Err(error) => tracing::debug!(%error, "removing idle consumers failed; will try again"),
     }
 }
 

@@ -70,6 +70,9 @@ pub struct WorkerConfig {
     pub dead_retention: Option<Duration>,
     /// How an attempt's `process` span relates to the producer's trace.
     pub trace_mode: TraceMode,
+    /// A consumer of the group idle this long that holds no pending entry (a process that is gone) is removed
+    /// from the group by the trim task; `None` never removes one.
+    pub remove_idle_consumers_after: Option<Duration>,
 }
 
 /// How a `process` span relates to the context found on the entry.
@@ -101,6 +104,7 @@ impl WorkerConfig {
             retention: Some(Duration::from_secs(3600)),
             dead_retention: Some(Duration::from_secs(7 * 24 * 3600)),
             trace_mode: TraceMode::Parent,
+            remove_idle_consumers_after: Some(Duration::from_secs(3600)),
         }
     }
 
