@@ -206,7 +206,7 @@ fn cluster_pool(urls: &str, settings: &PoolSettings) -> Result<Pool, ConnectErro
 }
 
 /// rustls needs a process-wide crypto provider; a second install (another pool) is refused harmlessly.
-fn install_tls_provider() {
+pub(crate) fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 

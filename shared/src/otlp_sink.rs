@@ -2,23 +2,30 @@
 //! gRPC `TraceService/Export` calls, decodes them with the OpenTelemetry protobuf definitions, and keeps the
 //! spans. The demo uses it to print the span tree of a job when no collector is configured, and the tests use
 //! it to check the spans a process really exported. It binds loopback only.
+//!
+//! [`OtlpSink::start_tls`] serves both endpoints over TLS instead (HTTPS for `http/protobuf`, gRPC over TLS), with
+//! a certificate the caller made, as a production collector does; it counts the TLS handshakes that failed and
+//! keeps the headers of every export request, so a test can see a client's CA check and its API-key header.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use prost::Message;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 /// One span as it arrived, flattened for assertions and printing.
@@ -64,7 +71,11 @@ impl ReceivedSpan {
 struct Spans {
     kept: Mutex<Vec<ReceivedSpan>>,
     keep: bool,
-    received: std::sync::atomic::AtomicU64,
+    received: AtomicU64,
+    /// The headers (gRPC metadata) of every export request, when spans are kept.
+    headers: Mutex<Vec<BTreeMap<String, String>>>,
+    /// TLS handshakes that failed (a client that does not trust the certificate, or a plaintext one).
+    tls_failures: AtomicU64,
 }
 
 type Store = Arc<Spans>;
@@ -73,6 +84,7 @@ type Store = Arc<Spans>;
 pub struct OtlpSink {
     http: SocketAddr,
     grpc: SocketAddr,
+    tls: bool,
     spans: Store,
     stop: CancellationToken,
 }
@@ -86,8 +98,37 @@ impl OtlpSink {
     /// Starts the endpoints on the given addresses; with `keep` false spans are decoded and counted but not
     /// kept, so a long benchmark does not grow the receiver.
     pub async fn start_on(keep: bool, http: &str, grpc: &str) -> std::io::Result<Self> {
+        Self::launch(keep, http, grpc, None).await
+    }
+
+    /// Starts both endpoints on free loopback ports over TLS, presenting `cert_pem` (the server certificate,
+    /// then any intermediates) with its private key `key_pem`; keeps every span.
+    pub async fn start_tls(cert_pem: &[u8], key_pem: &[u8]) -> std::io::Result<Self> {
+        let invalid = |e: &dyn std::fmt::Display| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string());
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>().map_err(|e| invalid(&e))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| invalid(&e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(&e))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| invalid(&e))?;
+        Self::launch(true, "127.0.0.1:0", "127.0.0.1:0", Some(config)).await
+    }
+
+    async fn launch(keep: bool, http: &str, grpc: &str, tls: Option<rustls::ServerConfig>) -> std::io::Result<Self> {
         let spans = Arc::new(Spans { keep, ..Spans::default() });
         let stop = CancellationToken::new();
+        // HTTP/1.1 for http/protobuf, HTTP/2 for gRPC, as a TLS client asks for them (ALPN).
+        let acceptor = |alpn: &[u8]| {
+            tls.clone().map(|mut config| {
+                config.alpn_protocols = vec![alpn.to_vec()];
+                tokio_rustls::TlsAcceptor::from(Arc::new(config))
+            })
+        };
 
         let http_listener = TcpListener::bind(http).await?;
         let http = http_listener.local_addr()?;
@@ -96,32 +137,71 @@ impl OtlpSink {
             .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(spans.clone());
         let token = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(http_listener, app).with_graceful_shutdown(token.cancelled_owned()).await;
-        });
+        match acceptor(b"http/1.1") {
+            None => {
+                tokio::spawn(async move {
+                    let _ = axum::serve(http_listener, app).with_graceful_shutdown(token.cancelled_owned()).await;
+                });
+            }
+            Some(acceptor) => {
+                let incoming = tls_incoming(http_listener, acceptor, spans.clone(), stop.clone());
+                let listener = TlsListener { incoming, local: http };
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await;
+                });
+            }
+        }
 
         let grpc_listener = TcpListener::bind(grpc).await?;
         let grpc = grpc_listener.local_addr()?;
         let service = TraceServiceServer::new(GrpcSink(spans.clone())).max_decoding_message_size(64 * 1024 * 1024);
         let token = stop.clone();
-        tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
-                .await;
-        });
-        Ok(Self { http, grpc, spans, stop })
+        let server = tonic::transport::Server::builder().add_service(service);
+        match acceptor(b"h2") {
+            None => {
+                tokio::spawn(async move {
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+                    let _ = server.serve_with_incoming_shutdown(incoming, token.cancelled_owned()).await;
+                });
+            }
+            Some(acceptor) => {
+                let incoming = tls_incoming(grpc_listener, acceptor, spans.clone(), stop.clone());
+                let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming);
+                let incoming = futures_util::StreamExt::map(incoming, |(stream, _)| Ok::<_, std::io::Error>(stream));
+                tokio::spawn(async move {
+                    let _ = server.serve_with_incoming_shutdown(incoming, token.cancelled_owned()).await;
+                });
+            }
+        }
+        Ok(Self { http, grpc, tls: tls.is_some(), spans, stop })
     }
 
-    /// Base URL for `OTEL_EXPORTER_OTLP_ENDPOINT` with `http/protobuf`.
+    /// Base URL for `OTEL_EXPORTER_OTLP_ENDPOINT` with `http/protobuf` (`https://` when started with TLS).
     pub fn http_endpoint(&self) -> String {
-        format!("http://{}", self.http)
+        format!("{}://{}", self.scheme(), self.http)
     }
 
-    /// Base URL for `OTEL_EXPORTER_OTLP_ENDPOINT` with `grpc`.
+    /// Base URL for `OTEL_EXPORTER_OTLP_ENDPOINT` with `grpc` (`https://` when started with TLS).
     pub fn grpc_endpoint(&self) -> String {
-        format!("http://{}", self.grpc)
+        format!("{}://{}", self.scheme(), self.grpc)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The headers (gRPC metadata) of every export request received so far, names in lower case.
+    pub fn request_headers(&self) -> Vec<BTreeMap<String, String>> {
+        self.spans.headers.lock().expect("header store poisoned").clone()
+    }
+
+    /// How many TLS handshakes failed so far (only with [`OtlpSink::start_tls`]).
+    pub fn tls_failures(&self) -> u64 {
+        self.spans.tls_failures.load(Ordering::Relaxed)
     }
 
     /// Every span received so far (none when started not to keep them).
@@ -131,7 +211,7 @@ impl OtlpSink {
 
     /// How many spans were received so far.
     pub fn received(&self) -> u64 {
-        self.spans.received.load(std::sync::atomic::Ordering::Relaxed)
+        self.spans.received.load(Ordering::Relaxed)
     }
 
     /// Waits until `done` holds for the spans received, polling every 20 ms; on time-out returns what arrived.
@@ -160,7 +240,76 @@ impl Drop for OtlpSink {
     }
 }
 
-async fn http_export(State(spans): State<Store>, body: Bytes) -> impl IntoResponse {
+/// Accepts TCP connections and completes their TLS handshakes, each in its own task so that a slow or failing
+/// client holds up no other; hands over the connections that completed, counts those that did not.
+fn tls_incoming(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    spans: Store,
+    stop: CancellationToken,
+) -> tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(_) => continue,
+                },
+            };
+            let (acceptor, sender, spans) = (acceptor.clone(), sender.clone(), spans.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = sender.send((stream, peer)).await;
+                    }
+                    _ => {
+                        spans.tls_failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    receiver
+}
+
+/// The TLS connections of [`tls_incoming`] as a listener for `axum::serve`.
+struct TlsListener {
+    incoming: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.incoming.recv().await {
+            Some(connection) => connection,
+            // The acceptor stopped with the sink: nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+fn keep_headers(spans: &Store, headers: &HeaderMap) {
+    if !spans.keep {
+        return;
+    }
+    let headers = headers
+        .iter()
+        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+        .collect();
+    spans.headers.lock().expect("header store poisoned").push(headers);
+}
+
+async fn http_export(State(spans): State<Store>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+    keep_headers(&spans, &headers);
     match ExportTraceServiceRequest::decode(body) {
         Ok(request) => {
             store(&spans, request);
@@ -179,6 +328,7 @@ impl TraceService for GrpcSink {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        keep_headers(&self.0, &request.metadata().clone().into_headers());
         store(&self.0, request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
@@ -186,7 +336,7 @@ impl TraceService for GrpcSink {
 
 fn store(spans: &Store, request: ExportTraceServiceRequest) {
     let count: usize = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|scope| scope.spans.len()).sum();
-    spans.received.fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
+    spans.received.fetch_add(count as u64, Ordering::Relaxed);
     if !spans.keep {
         return;
     }

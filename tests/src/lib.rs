@@ -207,7 +207,7 @@ pub fn on_node<T: redis::FromRedisValue>(node: &RedisServer, cmd: &redis::Cmd) -
 }
 
 /// Makes `ca.pem`/`ca.key` and `server.pem`/`server.key` (for IP 127.0.0.1, signed by the CA) in `dir`.
-fn make_certificates(dir: &Path) {
+pub fn make_certificates(dir: &Path) {
     let run = |args: &[&str]| {
         let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl must be installed");
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
