@@ -30,9 +30,12 @@ pub struct Cli {
     /// [default: <hostname>-<pid>].
     #[arg(long, env = "JOBSTREAM_CONSUMER", value_parser = consumer_name)]
     pub consumer: Option<String>,
-    /// Address of the /healthz, /readyz and /metrics endpoints.
-    #[arg(long, env = "JOBSTREAM_LISTEN", default_value = "0.0.0.0:9090")]
-    pub listen: std::net::SocketAddr,
+    /// Address of the /healthz, /readyz and /metrics endpoints. Unset: 0.0.0.0:9090, or when another process
+    /// (a second consumer on this host) holds it, the next free port up to 9099, then any free port, logged;
+    /// an address given here that cannot be bound is an error
+    /// [default: 0.0.0.0:9090].
+    #[arg(long, env = "JOBSTREAM_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
     /// Most jobs running at once.
     #[arg(long, env = "JOBSTREAM_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub concurrency: u32,

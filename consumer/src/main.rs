@@ -3,6 +3,7 @@
 mod cli;
 mod kinds;
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -25,13 +26,63 @@ use crate::kinds::noop::Noop;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Bad usage exits 2 with clap's message ([`cli::Cli::parse_valid`]); any other error is one line on stderr
+/// (`error: <what>: <cause>`), whatever `RUST_BACKTRACE` says, and exits 1.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = cli::Cli::parse_valid();
-    let telemetry = telemetry::init("jobstream-consumer")?;
-    let result = run(cli).await;
-    telemetry.shutdown(Duration::from_secs(10)).await;
-    result
+    let result = match telemetry::init("jobstream-consumer") {
+        Ok(telemetry) => {
+            let result = run(cli).await;
+            telemetry.shutdown(Duration::from_secs(10)).await;
+            result
+        }
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", jobstream::config::one_line(e.chain()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The health server's default address, and the ports tried after it when another process holds it.
+const DEFAULT_LISTEN: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 9090);
+const FALLBACK_PORTS: std::ops::RangeInclusive<u16> = 9091..=9099;
+
+/// Binds the health server: `--listen` as given (an error if it cannot be bound), or the default address,
+/// falling back to the next free port (several consumers on one host), then to any free port.
+async fn serve_health(
+    listen: Option<std::net::SocketAddr>,
+    app: axum::Router,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    if let Some(addr) = listen {
+        let (_, server) = health::spawn(addr, app, stop).await.with_context(|| format!("cannot listen on {addr}"))?;
+        return Ok(server);
+    }
+    let candidates = std::iter::once(DEFAULT_LISTEN.port()).chain(FALLBACK_PORTS).chain([0]);
+    for port in candidates {
+        let addr = std::net::SocketAddr::new(DEFAULT_LISTEN.ip(), port);
+        match health::spawn(addr, app.clone(), stop.clone()).await {
+            Ok((bound, server)) => {
+                if port != DEFAULT_LISTEN.port() {
+                    tracing::warn!(
+                        default = %DEFAULT_LISTEN,
+                        listen = %bound,
+                        "the default health address is taken (another consumer on this host?); serving on another port; set --listen to choose"
+                    );
+                }
+                return Ok(server);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(anyhow::Error::from(e).context(format!("cannot listen on {addr}"))),
+        }
+    }
+    anyhow::bail!("no free port to serve /healthz, /readyz and /metrics on")
 }
 
 /// The shipped job kinds, writing their records under `keys` (one partition's), the `done` hash kept for
@@ -94,9 +145,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         draining: shutdown.clone(),
     };
-    let (_, server) = health::spawn(cli.listen, health::router(health), stop_serving.clone())
-        .await
-        .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let server = serve_health(cli.listen, health::router(health), stop_serving.clone()).await?;
     let mut workers = tokio::task::JoinSet::new();
     for keys in partitions {
         let handlers = handlers(&pool, &keys, demo.clone(), limits)?;

@@ -171,3 +171,20 @@ mod tests {
         assert!(payload_bytes(&(MAX_PAYLOAD_LIMIT + 1).to_string()).is_err());
     }
 }
+
+/// An error and its causes on one line, each cause once (errors that print their source would otherwise repeat
+/// it): how the binaries report a failure, whatever `RUST_BACKTRACE` says.
+pub fn one_line<'a>(chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>) -> String {
+    let mut line = String::new();
+    for cause in chain {
+        let text = cause.to_string();
+        if line.contains(text.trim()) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text.trim());
+    }
+    line.replace('\n', " ")
+}

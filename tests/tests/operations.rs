@@ -91,3 +91,57 @@ async fn a_draining_worker_is_alive_but_not_ready() {
     assert_eq!(done_counts(&mut conn, queue).len(), 1, "the drain finished the job");
     assert_eq!(pending(&mut conn, queue, "workers"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_consumers_with_default_flags_on_one_host_both_run_and_serve_probes() {
+    let redis = RedisServer::start();
+    let sink = OtlpSink::start().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let queue = "twohosts";
+    // No --listen: both want 0.0.0.0:9090; the second (or both, if something else holds it) takes another port.
+    let start = |name: &str| {
+        let mut cmd = traced("consumer", &redis, &sink, "test-consumer");
+        cmd.args(["--queue", queue, "--consumer", name, "--block", "200ms", "--concurrency", "2"]);
+        cmd.args(["--demo-latency-scale", "0.05", "--demo-failure-rate", "0"]);
+        Service::spawn(cmd, logs.path(), name)
+    };
+    let workers = [start("first"), start("second")];
+    let addrs: Vec<_> = workers.iter().map(Service::listen_addr).collect();
+    assert_ne!(addrs[0].port(), addrs[1].port(), "each consumer serves its own port");
+    for addr in &addrs {
+        let local = std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()));
+        assert_eq!(http_get(local, "/healthz").0, 200);
+    }
+    enqueue(traced("producer", &redis, &sink, "test-producer"), queue, "demo", "{}", 40);
+    let mut conn = redis.conn();
+    wait_until(Duration::from_secs(30), "every job done", || done_counts(&mut conn, queue).len() == 40);
+    for (worker, addr) in workers.iter().zip(&addrs) {
+        let local = std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()));
+        let (_, text) = http_get(local, "/metrics");
+        let ran = metric(&text, r#"jobstream_jobs_total{queue="twohosts",kind="demo",outcome="succeeded"}"#);
+        assert!(ran.unwrap_or(0.0) > 0.0, "both consumers ran jobs: {}", worker.log());
+    }
+    for worker in workers {
+        assert_eq!(worker.terminate(), Some(0));
+    }
+}
+
+#[test]
+fn a_listen_address_given_explicitly_that_is_taken_is_an_error_in_one_line() {
+    let redis = RedisServer::start();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = std::process::Command::new(bin("consumer"))
+        .env("REDIS_URL", redis.url())
+        .env("RUST_BACKTRACE", "1")
+        .env("OTEL_TRACES_EXPORTER", "none")
+        .args(["--queue", "q", "--listen", &addr])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains(&format!("cannot listen on {addr}")), "{stderr}");
+    assert!(!stderr.contains("backtrace") && !stderr.contains("Caused by"), "{stderr}");
+}
