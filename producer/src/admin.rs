@@ -8,6 +8,7 @@ use jobstream::admin;
 use jobstream::config::{QueueArgs, RedisArgs};
 
 use crate::cli::{DeadCommand, StatsArgs};
+use crate::usage;
 
 async fn connect(redis: &RedisArgs) -> anyhow::Result<jobstream::connection::Connection> {
     let pool = redis.pool(1, Duration::from_secs(10))?;
@@ -20,9 +21,9 @@ async fn connect(redis: &RedisArgs) -> anyhow::Result<jobstream::connection::Con
 pub async fn stats(args: StatsArgs) -> anyhow::Result<()> {
     let mut conn = connect(&args.redis).await?;
     // Read-only: a count other than the recorded one would show empty partitions, not the queue's.
-    args.queue.partition_record()?.check(&mut conn).await?;
+    args.queue.partition_record().map_err(usage)?.check(&mut conn).await?;
     let mut out = std::io::stdout().lock();
-    for keys in args.queue.partition_keys()? {
+    for keys in args.queue.partition_keys().map_err(usage)? {
         let stats = admin::stats(&mut conn, &keys).await?;
         if args.json {
             writeln!(out, "{}", serde_json::to_string(&stats)?)?;
@@ -108,7 +109,10 @@ pub async fn dead(command: DeadCommand) -> anyhow::Result<()> {
         }
         DeadCommand::Purge { redis, queue, yes } => {
             if !yes {
-                bail!("purge deletes every dead job of queue {}; add --yes to confirm", queue.queue);
+                return Err(usage(format!(
+                    "purge deletes every dead job of queue {}; add --yes to confirm",
+                    queue.queue
+                )));
             }
             let (mut conn, keys) = open(&redis, &queue).await?;
             let n = admin::dead_purge(&mut conn, &keys).await?;
@@ -123,10 +127,11 @@ async fn open(
     queue: &QueueArgs,
 ) -> anyhow::Result<(jobstream::connection::Connection, jobstream::Keys)> {
     if queue.partitions > 1 {
-        bail!(
+        return Err(usage(format!(
             "dead-letter commands act on one partition: name it as the queue (--queue {}:0) without --partitions",
             queue.queue
-        );
+        )));
     }
-    Ok((connect(redis).await?, queue.keys()?))
+    let keys = queue.keys().map_err(usage)?;
+    Ok((connect(redis).await?, keys))
 }

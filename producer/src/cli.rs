@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use jobstream::config::{parse_duration, QueueArgs, RedisArgs, Secret};
+use jobstream::config::{duration_between, parse_duration, QueueArgs, RedisArgs, Secret};
 use jobstream::IdempotencyKey;
 
 /// jobstream producer: puts jobs on a Redis stream, each carrying the W3C trace context of its `send` span.
@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// is answered 408 and its connection closed.
     #[arg(long, env = "JOBSTREAM_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// How long a client may take to send a request's line and headers, on a new connection or between
+    /// requests on a kept-alive one: a client that stalls in them is disconnected.
+    #[arg(long, env = "JOBSTREAM_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration_between(Duration::from_millis(100), Duration::from_secs(3600)))]
+    pub header_read_timeout: Duration,
     /// Job kinds named in metric labels (comma-separated); jobs of other kinds are counted under `other`, so
     /// callers cannot create new series. Jobs of every kind are accepted.
     #[arg(long, env = "JOBSTREAM_METRIC_KINDS", value_delimiter = ',', default_value = "demo,noop,fanout")]
@@ -148,8 +152,12 @@ pub struct EnqueueArgs {
     #[arg(long, env = "JOBSTREAM_KIND")]
     pub kind: String,
     /// The job's data, as JSON.
-    #[arg(long, default_value = "{}")]
+    #[arg(long, default_value = "{}", conflicts_with = "payload_file")]
     pub payload: String,
+    /// Read the job's data (JSON) from this file, or from standard input with `-`: for payloads too large for
+    /// the command line (about 128 KiB). One over --max-payload-bytes is refused and nothing is enqueued.
+    #[arg(long, value_name = "PATH")]
+    pub payload_file: Option<PathBuf>,
     /// How many jobs to enqueue (sent in pipelined batches of 1000).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: u64,
@@ -215,6 +223,14 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
+/// A flag's parser for a finite number from 0 to `max`.
+fn fraction_up_to(max: f64) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
+    move |text| match text.parse::<f64>() {
+        Ok(value) if value.is_finite() && (0.0..=max).contains(&value) => Ok(value),
+        _ => Err(format!("must be a number from 0 to {max}")),
+    }
+}
+
 /// `producer demo`.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -229,11 +245,11 @@ pub struct DemoArgs {
     /// Jobs each consumer runs at once.
     #[arg(long, default_value_t = 8)]
     pub concurrency: u32,
-    /// Multiplies the demo steps' simulated latency; 0 for none.
-    #[arg(long, default_value_t = 0.25)]
+    /// Multiplies the demo steps' simulated latency; 0 for none, at most 1000.
+    #[arg(long, default_value_t = 0.25, value_parser = fraction_up_to(1000.0))]
     pub latency_scale: f64,
-    /// Probability that an attempt fails (it is then retried).
-    #[arg(long, default_value_t = 0.1)]
+    /// Probability that an attempt fails (it is then retried), from 0 to 1.
+    #[arg(long, default_value_t = 0.1, value_parser = fraction_up_to(1.0))]
     pub failure_rate: f64,
     /// Give up waiting for the jobs after this long.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]

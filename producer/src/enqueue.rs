@@ -1,27 +1,40 @@
 //! `producer enqueue`: enqueue jobs, print `<job id> <trace id>` for each.
+//!
+//! The payload comes from `--payload`, or from `--payload-file` (a file, or `-` for standard input) for payloads
+//! larger than a command line holds. It is read and checked against `--max-payload-bytes` before Redis is
+//! contacted: no more than the limit plus one byte is ever read, and a payload over it enqueues nothing.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::Context as _;
+use jobstream::job::JobError;
 use jobstream::{Enqueued, Producer};
 
 use crate::cli::EnqueueArgs;
+use crate::usage;
 
 /// Jobs per pipelined round trip.
 const BATCH: u64 = 1000;
 
 pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
-    let keys = args.queue.partition_keys()?;
+    if args.idempotency_key.is_some() && args.count != 1 {
+        return Err(usage("--idempotency-key names one job; use it with --count 1"));
+    }
+    let keys = args.queue.partition_keys().map_err(usage)?;
+    let limit = args.queue.max_payload_bytes;
+    let payload = match &args.payload_file {
+        Some(path) => read_payload(path, limit)?,
+        None => args.payload.clone(),
+    };
     let pool = args.redis.pool(2, Duration::from_secs(10))?;
     let producer = Producer::partitioned(pool, &args.queue.queue, keys, args.queue.limits());
+    // A job that cannot be built is refused before Redis is asked anything.
+    let first = producer.job(&args.kind, &payload).map_err(job_error)?;
     producer.check_partitions().await?;
-    let first = producer.job(&args.kind, &args.payload)?;
     let mut out = std::io::stdout().lock();
     if let Some(key) = &args.idempotency_key {
-        if args.count != 1 {
-            bail!("--idempotency-key names one job; use it with --count 1");
-        }
         let done = producer.enqueue_once(first, key, args.idempotency_ttl).await?;
         writeln!(out, "{} {}", done.job_id, trace_text(&done))?;
         if done.duplicate {
@@ -32,7 +45,7 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
     let mut left = args.count;
     while left > 0 {
         let n = left.min(BATCH);
-        let jobs = (0..n).map(|_| producer.job(&args.kind, &args.payload)).collect::<Result<Vec<_>, _>>()?;
+        let jobs = (0..n).map(|_| producer.job(&args.kind, &payload)).collect::<Result<Vec<_>, _>>()?;
         let sent = producer.enqueue_batch(jobs).await;
         // A partly refused batch: the jobs Redis took are printed, then the error.
         let done = match &sent {
@@ -51,4 +64,41 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
 
 fn trace_text(done: &Enqueued) -> String {
     done.trace_id.map_or_else(|| "-".to_owned(), |t| t.to_string())
+}
+
+/// A payload over the limit is a failure (exit 1): the command was well formed, the data is too large. A kind
+/// or payload that is not valid is bad usage (exit 2).
+fn job_error(e: JobError) -> anyhow::Error {
+    match e {
+        JobError::PayloadTooLarge { size, limit } => {
+            anyhow::anyhow!("the payload is {size} bytes, over the limit of {limit} bytes (--max-payload-bytes)")
+        }
+        other => usage(other),
+    }
+}
+
+/// Reads a payload from `path` (`-`: standard input), at most `limit` bytes; a larger one is refused naming its
+/// size (a file's) or the limit it passed (a stream's, which is not read further).
+fn read_payload(path: &Path, limit: usize) -> anyhow::Result<String> {
+    let from_stdin = path == Path::new("-");
+    let name = if from_stdin { "standard input".to_owned() } else { path.display().to_string() };
+    let reader: Box<dyn Read> = if from_stdin {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let file = std::fs::File::open(path).with_context(|| format!("cannot read --payload-file {name}"))?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if file.metadata().is_ok_and(|m| m.is_file()) && size > limit as u64 {
+            return Err(job_error(JobError::PayloadTooLarge { size: size as usize, limit }));
+        }
+        Box::new(file)
+    };
+    let mut bytes = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read --payload-file {name}"))?;
+    if bytes.len() > limit {
+        anyhow::bail!("the payload from {name} is over the limit of {limit} bytes (--max-payload-bytes)");
+    }
+    String::from_utf8(bytes).map_err(|_| usage(format!("the payload from {name} is not UTF-8 text")))
 }

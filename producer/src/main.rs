@@ -19,16 +19,40 @@ use jobstream::telemetry::{self, TelemetrySettings};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Errors are one line on stderr (`error: <what>: <cause>`), whatever `RUST_BACKTRACE` says, and exit 1.
+/// Errors are one line on stderr (`error: <what>: <cause>`), whatever `RUST_BACKTRACE` says. Exit status 2 for
+/// bad usage (clap's own errors and every [`Usage`] error of ours), 1 for failures.
 #[tokio::main]
 async fn main() -> ExitCode {
     match run(cli::Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
-            ExitCode::FAILURE
+            if e.chain().any(|cause| cause.is::<Usage>()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// A command line that asks for something impossible or malformed, found after clap parsed it (flags that
+/// depend on each other's values, a payload that is not JSON, a name that is not valid): exit status 2, as
+/// clap's own usage errors.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// A [`Usage`] error with this text.
+pub fn usage(text: impl std::fmt::Display) -> anyhow::Error {
+    Usage(text.to_string()).into()
 }
 
 async fn run(cli: cli::Cli) -> anyhow::Result<()> {

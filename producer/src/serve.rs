@@ -32,6 +32,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::cli::ServeArgs;
+use crate::usage;
 
 #[derive(Clone)]
 struct Api {
@@ -86,11 +87,15 @@ impl IntoResponse for ApiError {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let keys = args.queue.partition_keys()?;
+    let keys = args.queue.partition_keys().map_err(usage)?;
     let pool = args.redis.pool(32, Duration::from_secs(10))?;
     let metrics = Arc::new(Metrics::new());
-    let metric_kinds =
-        args.metric_kinds.iter().map(|k| JobKind::parse(k)).collect::<Result<Vec<_>, _>>().context("--metric-kinds")?;
+    let metric_kinds = args
+        .metric_kinds
+        .iter()
+        .map(|k| JobKind::parse(k))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| usage(format!("--metric-kinds: {e}")))?;
     let producer = Producer::partitioned(pool.clone(), &args.queue.queue, keys.clone(), args.queue.limits())
         .with_metrics(metrics.clone())
         .with_metric_kinds(metric_kinds);
@@ -122,7 +127,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "serving POST /v1/jobs, /healthz, /readyz and /metrics");
-    health::serve(listener, app, shutdown).await?;
+    let limits = health::ConnectionLimits { header_read_timeout: args.header_read_timeout };
+    health::serve_with(listener, app, shutdown, limits).await?;
     Ok(())
 }
 

@@ -104,9 +104,67 @@ async fn metrics(State(state): State<HealthState>, headers: axum::http::HeaderMa
     }
 }
 
-/// Serves `app` on `listener` until `stop` is cancelled.
+/// Bounds on what one connection may hold the server for.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// How long a client may take to send a request line and its headers: on a new connection (from accept to
+    /// the first request, protocol detection included) and between requests on a kept-alive HTTP/1 connection.
+    /// A client that stalls in them is disconnected.
+    pub header_read_timeout: Duration,
+}
+
+/// The header bound when none is configured.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Default for ConnectionLimits {
+    /// [`DEFAULT_HEADER_READ_TIMEOUT`], or `JOBSTREAM_HEADER_READ_TIMEOUT` (e.g. `2s`) when set, so that a binary
+    /// without a flag for it (the consumer's health server) can be configured too.
+    fn default() -> Self {
+        let header_read_timeout = std::env::var("JOBSTREAM_HEADER_READ_TIMEOUT")
+            .ok()
+            .and_then(|text| crate::config::parse_duration(&text).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT);
+        Self { header_read_timeout }
+    }
+}
+
+/// Serves `app` on `listener` until `stop` is cancelled, with [`ConnectionLimits::default`].
 pub async fn serve(listener: tokio::net::TcpListener, app: Router, stop: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await
+    serve_with(listener, app, stop, ConnectionLimits::default()).await
+}
+
+/// Serves `app` on `listener` until `stop` is cancelled, then stops accepting and lets the open connections
+/// finish (graceful shutdown).
+///
+/// The accept loop is axum-server's (axum's own `serve` cannot configure hyper): hyper's HTTP/1
+/// `header_read_timeout` with a Tokio timer bounds the headers of every request, and axum-server's
+/// `first_request_timeout` bounds a new connection until its first request is read, which also covers the
+/// protocol detection (HTTP/1 or HTTP/2) that hyper does not time. The body and the answer are bounded by the
+/// application (`producer serve`'s `--request-timeout`).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    stop: CancellationToken,
+    limits: ConnectionLimits,
+) -> std::io::Result<()> {
+    let handle = axum_server::Handle::new();
+    let mut server = axum_server::Server::<std::net::SocketAddr>::from_listener(listener)
+        .handle(handle.clone())
+        .first_request_timeout(limits.header_read_timeout)
+        .accept_error_handler(|_, error| tracing::warn!(%error, "accepting a connection failed"));
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let stopper = tokio::spawn(async move {
+        stop.cancelled().await;
+        handle.graceful_shutdown(None);
+    });
+    let served = server.serve(app.into_make_service()).await;
+    stopper.abort();
+    served
 }
 
 /// Binds `addr` and serves `app` in the background until `stop`; returns the bound address (useful with port 0).

@@ -16,12 +16,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use jobstream::connection::Pool;
+use jobstream::job::JobError;
 use jobstream::loadprobe::{self, RunReport};
 use jobstream::{Job, JobKind, Keys, Payload, Producer};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::cli::LoadArgs;
+use crate::usage;
 use pace::{Limit, Pace};
 use report::{Latencies, Percentiles, Report};
 
@@ -29,12 +31,16 @@ use report::{Latencies, Percentiles, Report};
 const POLL_EVERY: Duration = Duration::from_millis(200);
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
-    let keys = args.queue.partition_keys()?;
+    let keys = args.queue.partition_keys().map_err(usage)?;
     let limits = args.queue.limits();
     // A batch in flight sends one pipeline per partition at once.
     let pool = args.redis.pool(args.concurrency as usize * keys.len() + 2, Duration::from_secs(10))?;
-    let kind = JobKind::parse(&args.kind)?;
-    let payload = Payload::parse(padded(&args.payload, args.payload_bytes)?, &limits)?;
+    let kind = JobKind::parse(&args.kind).map_err(usage)?;
+    let payload =
+        Payload::parse(padded(&args.payload, args.payload_bytes).map_err(usage)?, &limits).map_err(|e| match e {
+            e @ JobError::PayloadTooLarge { .. } => anyhow::Error::from(e),
+            other => usage(other),
+        })?;
     let pace = Pace {
         limit: match (args.jobs, args.duration) {
             (_, Some(d)) => Limit::For(d),
