@@ -12,7 +12,7 @@ use redis::aio::ConnectionLike;
 use serde::Serialize;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::job::{field, fields_from_redis};
+use crate::job::{field, fields_from_raw};
 use crate::keys::Keys;
 use crate::propagation::{self, ContextStatus, TraceHeaders};
 
@@ -143,9 +143,17 @@ pub async fn dead_list<C: ConnectionLike>(
     start: &str,
     count: usize,
 ) -> redis::RedisResult<Vec<DeadEntry>> {
-    let reply: redis::streams::StreamRangeReply =
-        redis::cmd("XRANGE").arg(&keys.dead).arg(start).arg("+").arg("COUNT").arg(count).query_async(conn).await?;
-    Ok(reply.ids.into_iter().map(|e| DeadEntry { dead_id: e.id, fields: lossy(e.map) }).collect())
+    let entries = crate::queue::range(conn, &keys.dead, start, "+", count).await?;
+    Ok(entries.into_iter().map(|(dead_id, fields)| DeadEntry { dead_id, fields: lossy_raw(&fields) }).collect())
+}
+
+/// Raw fields as text (invalid UTF-8 replaced), so one entry with bytes in a field name cannot make a whole
+/// page unreadable.
+fn lossy_raw(fields: &crate::queue::RawFields) -> std::collections::BTreeMap<String, String> {
+    fields
+        .iter()
+        .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()))
+        .collect()
 }
 
 /// One dead entry by its id in the dead stream.
@@ -154,9 +162,8 @@ pub async fn dead_show<C: ConnectionLike>(
     keys: &Keys,
     dead_id: &str,
 ) -> redis::RedisResult<Option<DeadEntry>> {
-    let reply: redis::streams::StreamRangeReply =
-        redis::cmd("XRANGE").arg(&keys.dead).arg(dead_id).arg(dead_id).query_async(conn).await?;
-    Ok(reply.ids.into_iter().next().map(|e| DeadEntry { dead_id: e.id, fields: lossy(e.map) }))
+    let entries = crate::queue::range(conn, &keys.dead, dead_id, dead_id, 1).await?;
+    Ok(entries.into_iter().next().map(|(dead_id, fields)| DeadEntry { dead_id, fields: lossy_raw(&fields) }))
 }
 
 /// An entry's fields as text (invalid UTF-8 replaced, non-string values in their debug form).
@@ -197,11 +204,14 @@ pub struct Replayed {
 /// Puts one dead entry back on the queue as attempt 1 with a new `send` span linked to its old trace, and
 /// removes it from the dead stream, atomically.
 pub async fn replay<C: ConnectionLike>(conn: &mut C, keys: &Keys, dead_id: &str) -> Result<Replayed, ReplayError> {
-    let reply: redis::streams::StreamRangeReply =
-        redis::cmd("XRANGE").arg(&keys.dead).arg(dead_id).arg(dead_id).query_async(conn).await?;
-    let entry = reply.ids.into_iter().next().ok_or_else(|| ReplayError::NotFound(dead_id.to_owned()))?;
+    let (dead_id, raw) = crate::queue::range(conn, &keys.dead, dead_id, dead_id, 1)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ReplayError::NotFound(dead_id.to_owned()))?;
+    let dead_id = dead_id.as_str();
     let not_a_job = |reason: String| ReplayError::NotAJob { id: dead_id.to_owned(), reason };
-    let mut fields = fields_from_redis(entry.map).map_err(|e| not_a_job(e.to_string()))?;
+    let mut fields = fields_from_raw(&raw).map_err(|e| not_a_job(e.to_string()))?;
     fields.retain(|name, _| !name.starts_with("dead."));
     let old_trace = TraceHeaders::take_from(&mut fields);
     fields.insert(field::ATTEMPT.to_owned(), "1".to_owned());

@@ -97,6 +97,19 @@ pub async fn read_new<C: ConnectionLike>(
         .collect())
 }
 
+/// Entries of `key` from `start` to `end` (inclusive, XRANGE syntax), at most `count`, fields byte for byte.
+pub(crate) async fn range<C: ConnectionLike>(
+    conn: &mut C,
+    key: &str,
+    start: &str,
+    end: &str,
+    count: usize,
+) -> redis::RedisResult<Vec<(String, RawFields)>> {
+    let reply: redis::Value =
+        redis::cmd("XRANGE").arg(key).arg(start).arg(end).arg("COUNT").arg(count).query_async(conn).await?;
+    Ok(array(reply).into_iter().filter_map(entry).collect())
+}
+
 /// One entry of a stream reply, `[id, [name, value, ...]]`, decoded without assuming any text is UTF-8. An
 /// entry whose fields are gone (nil: deleted while pending) has none.
 fn entry(value: redis::Value) -> Option<(String, RawFields)> {
@@ -161,6 +174,12 @@ pub struct DeadLetter<'a> {
     pub dead_maxlen: u64,
 }
 
+/// A stream length cap as XADD takes it: Redis reads MAXLEN as a signed 64-bit number, so larger caps (which
+/// mean "no cap" in practice) are sent as the largest it takes.
+fn maxlen_arg(cap: u64) -> u64 {
+    cap.min(i64::MAX as u64)
+}
+
 /// How a settle step ended when Redis ran it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {
@@ -197,7 +216,7 @@ pub async fn dead_letter<C: ConnectionLike>(
         .arg(group.as_str())
         .arg(letter.consumer)
         .arg(&delivery.message_id)
-        .arg(letter.dead_maxlen)
+        .arg(maxlen_arg(letter.dead_maxlen))
         .arg(MAX_SCRIPT_VALUES)
         .arg(12);
     for (name, value) in delivery.fields.iter().filter(|(name, _)| !name.starts_with(b"dead.")) {
@@ -281,7 +300,7 @@ pub async fn promote_due<C: ConnectionLike>(
         .key(&keys.dead)
         .arg(now_ms)
         .arg(limit)
-        .arg(dead_maxlen)
+        .arg(maxlen_arg(dead_maxlen))
         .arg(MAX_SCRIPT_VALUES)
         .arg(consumer)
         .invoke_async(conn)

@@ -394,3 +394,90 @@ async fn a_malformed_barrage_ends_with_every_entry_run_or_dead_with_a_reason() {
         assert_eq!(worker.terminate(), Some(0));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_stream_cap_past_two_to_the_53_still_dead_letters() {
+    let redis = RedisServer::start();
+    let sink = OtlpSink::start().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let queue = "hugecap";
+    let mut conn = redis.conn();
+    let id = xadd(&mut conn, &keys(queue).stream, &raw_job("nosuch", "{}"));
+    let flags = ["--dead-maxlen", "18446744073709551615"];
+    let worker = Service::spawn(consumer(&redis, &sink, queue, "w", &flags), logs.path(), "w");
+    wait_until(Duration::from_secs(20), "the job in the dead stream", || {
+        dead_by_source(&mut conn, queue).contains_key(&id)
+    });
+    assert_eq!(worker.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_delayed_members_that_cannot_be_dead_lettered_do_not_hide_the_good_ones_behind_them() {
+    let redis = RedisServer::start();
+    let sink = OtlpSink::start().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let queue = "stuck";
+    let mut conn = redis.conn();
+    let delayed = keys(queue).delayed;
+    let () = redis::cmd("SET").arg(keys(queue).dead).arg("not a stream").query(&mut conn).unwrap();
+    for i in 0..300 {
+        let _: i64 = redis::cmd("ZADD").arg(&delayed).arg(i).arg(format!("bad{i}")).query(&mut conn).unwrap();
+    }
+    let job = raw_job("noop", "{}");
+    let flat: Vec<String> =
+        job.iter().flat_map(|(k, v)| [k, v]).map(|b| String::from_utf8(b.clone()).unwrap()).collect();
+    let _: i64 =
+        redis::cmd("ZADD").arg(&delayed).arg(300).arg(serde_json::to_string(&flat).unwrap()).query(&mut conn).unwrap();
+    let worker = Service::spawn(consumer(&redis, &sink, queue, "w", &[]), logs.path(), "w");
+    wait_until(Duration::from_secs(20), "the good member behind 300 stuck ones to run", || {
+        done_counts(&mut conn, queue).contains_key(&job_id(&job))
+    });
+    let left: u64 = redis::cmd("ZCARD").arg(&delayed).query(&mut conn).unwrap();
+    assert_eq!(left, 300, "the bad members wait for a dead stream they can go to");
+    assert_eq!(worker.terminate(), Some(0));
+}
+
+fn producer_admin(redis: &RedisServer, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin("producer"))
+        .env("REDIS_URL", redis.url())
+        .env("OTEL_TRACES_EXPORTER", "none")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn replaying_a_dead_id_given_without_its_sequence_moves_nothing_twice() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let queue = "shortid";
+    let mut dead = raw_job("noop", "{}");
+    dead.push((b"dead.reason".to_vec(), b"max_attempts".to_vec()));
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(keys(queue).dead).arg("5-1");
+    for (k, v) in &dead {
+        cmd.arg(k.as_slice()).arg(v.as_slice());
+    }
+    let _: String = cmd.query(&mut conn).unwrap();
+    // `5` is how XRANGE names every `5-*` entry; the replay moves the one entry it found, exactly once.
+    for _ in 0..2 {
+        let _ = producer_admin(&redis, &["dead", "replay", "--queue", queue, "5"]);
+        let places = (xlen(&mut conn, &keys(queue).stream), xlen(&mut conn, &keys(queue).dead));
+        assert_eq!(places, (1, 0), "the job is in exactly one place");
+    }
+}
+
+#[test]
+fn a_dead_entry_with_a_non_utf8_field_name_does_not_break_dead_list() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let queue = "deadbytes";
+    let mut bad = raw_job("noop", "{}");
+    bad.push((vec![0xff, b'n'], b"v".to_vec()));
+    xadd(&mut conn, &keys(queue).dead, &bad);
+    xadd(&mut conn, &keys(queue).dead, &raw_job("noop", "{}"));
+    let out = producer_admin(&redis, &["dead", "list", "--queue", queue]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+}

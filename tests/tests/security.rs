@@ -32,6 +32,7 @@ const ACL: &[&str] = &[
     "+xgroup|create",
     "+xgroup|delconsumer",
     "+xinfo|groups",
+    "+type",
     "+xinfo|consumers",
     "+xlen",
     "+xrange",

@@ -38,9 +38,9 @@ end
 for i = last_field + 1, #ARGV do
   values[#values + 1] = ARGV[i]
 end
-local maxlen = tonumber(ARGV[4])
-if maxlen > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', unpack(values))
+-- The cap stays text: a Lua number past 2^53 would print as 1e+17, which XADD refuses.
+if ARGV[4] ~= '0' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(values))
 else
   redis.call('XADD', KEYS[2], '*', unpack(values))
 end

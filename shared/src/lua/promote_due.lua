@@ -40,27 +40,37 @@ local function why_not(member)
   end
   return nil, fields
 end
-local maxlen = tonumber(ARGV[3])
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local limit = tonumber(ARGV[2])
 local moved, dead, stuck = 0, 0, 0
-for _, member in ipairs(due) do
-  local why, fields = why_not(member)
-  if why and not dead_ok then
-    stuck = stuck + 1
-  elseif why then
-    local letter = {'delayed.raw', member, 'dead.reason', 'undecodable', 'dead.error', why,
-      'dead.consumer', ARGV[5], 'dead.at', ARGV[1]}
-    if maxlen > 0 then
-      redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', unpack(letter))
+-- Members that stay (stuck) keep their place: each page starts after them, so they never hide the rest.
+for _ = 1, 16 do
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', stuck, limit - moved - dead)
+  if #due == 0 then
+    break
+  end
+  for _, member in ipairs(due) do
+    local why, fields = why_not(member)
+    if why and not dead_ok then
+      stuck = stuck + 1
+    elseif why then
+      local letter = {'delayed.raw', member, 'dead.reason', 'undecodable', 'dead.error', why,
+        'dead.consumer', ARGV[5], 'dead.at', ARGV[1]}
+      -- The cap stays text: a Lua number past 2^53 would print as 1e+17, which XADD refuses.
+      if ARGV[3] ~= '0' then
+        redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', unpack(letter))
+      else
+        redis.call('XADD', KEYS[3], '*', unpack(letter))
+      end
+      dead = dead + 1
+      redis.call('ZREM', KEYS[1], member)
     else
-      redis.call('XADD', KEYS[3], '*', unpack(letter))
+      redis.call('XADD', KEYS[2], '*', unpack(fields))
+      moved = moved + 1
+      redis.call('ZREM', KEYS[1], member)
     end
-    dead = dead + 1
-    redis.call('ZREM', KEYS[1], member)
-  else
-    redis.call('XADD', KEYS[2], '*', unpack(fields))
-    moved = moved + 1
-    redis.call('ZREM', KEYS[1], member)
+  end
+  if moved + dead >= limit then
+    break
   end
 end
 return {moved, dead, stuck}

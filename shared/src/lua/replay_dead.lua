@@ -5,7 +5,9 @@
 -- KEYS[1] dead stream, KEYS[2] stream
 -- ARGV[1] dead entry id, ARGV[2] most values one XADD may carry, ARGV[3..] the new entry's field/value pairs
 -- Returns the new entry's id, or false when the dead entry does not exist.
-if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
+local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+-- Exactly that entry: XRANGE reads a bare `5` as `5-0`…`5-max`, XDEL as `5-0`.
+if #found == 0 or found[1][1] ~= ARGV[1] then
   return false
 end
 local kind = redis.call('TYPE', KEYS[2])['ok']
