@@ -133,3 +133,12 @@ impl Handlers {
         Some(handler.clone().call(job))
     }
 }
+
+/// The message a panic carried (`panic!("…")` gives a `&str` or a `String`), or a placeholder.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(text), _) => (*text).to_owned(),
+        (_, Some(text)) => text.clone(),
+        _ => "a panic without a message".to_owned(),
+    }
+}

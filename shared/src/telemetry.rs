@@ -221,6 +221,13 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
             .boxed(),
     };
     tracing_subscriber::registry().with(otel).with(logs).with(CaptureDispatch(dispatch)).try_init()?;
+    // A panic (a handler's, caught by the worker, or any other) is one log line with its message and place, in
+    // the span it happened in, instead of the default multi-line report on stderr.
+    std::panic::set_hook(Box::new(|info| {
+        let message = crate::handler::panic_message(info.payload());
+        let location = info.location().map(ToString::to_string).unwrap_or_default();
+        tracing::error!(panic.message = %message, panic.location = %location, "panicked: {message}");
+    }));
     tracing::debug!(?export, "telemetry ready");
     Ok(Telemetry { provider, export })
 }

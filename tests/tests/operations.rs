@@ -145,3 +145,32 @@ fn a_listen_address_given_explicitly_that_is_taken_is_an_error_in_one_line() {
     assert!(errors[0].contains(&format!("cannot listen on {addr}")), "{stderr}");
     assert!(!stderr.contains("backtrace") && !stderr.contains("Caused by"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_one_json_line_and_its_dead_entry_keeps_the_message() {
+    let redis = RedisServer::start();
+    let sink = OtlpSink::start().await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let queue = "panics";
+    let mut cmd = consumer(&redis, &sink, queue, "w", &["--max-attempts", "2", "--retry-base-delay", "10ms"]);
+    cmd.env("RUST_BACKTRACE", "1");
+    let worker = Service::spawn(cmd, logs.path(), "w");
+    let job = enqueue(traced("producer", &redis, &sink, "test-producer"), queue, "demo", r#"{"panic":"boom 42"}"#, 1)
+        .remove(0);
+    let mut conn = redis.conn();
+    wait_until(Duration::from_secs(20), "the job to die", || !dead_entries(&mut conn, queue).is_empty());
+    let dead = dead_entries(&mut conn, queue).remove(0);
+    assert_eq!(dead.get("dead.reason").map(String::as_str), Some("max_attempts"));
+    assert!(dead["dead.error"].contains("handler panicked: boom 42"), "{dead:?}");
+    let log = worker.log();
+    let panics: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.contains("boom 42"))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not one JSON line: {l}")))
+        .filter(|v: &serde_json::Value| v["message"].as_str().is_some_and(|m| m.starts_with("panicked")))
+        .collect();
+    assert_eq!(panics.len(), 2, "one line per panic (two attempts): {log}");
+    assert_eq!(panics[0]["trace_id"].as_str(), Some(job.trace_id.as_str()), "in the job's trace");
+    assert!(!log.contains("stack backtrace") && !log.contains("note: run with"), "{log}");
+    assert_eq!(worker.terminate(), Some(0), "the worker survived");
+}

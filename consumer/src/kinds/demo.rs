@@ -29,6 +29,13 @@ pub struct DemoSettings {
     pub consumer: String,
 }
 
+/// What a `demo` payload may say; anything else is kept as the result's input.
+#[derive(serde::Deserialize)]
+struct DemoPayload {
+    /// Panic in `process-data` with this message.
+    panic: Option<String>,
+}
+
 /// The `demo` handler.
 pub struct Demo {
     pool: Pool,
@@ -70,6 +77,13 @@ impl JobHandler for Demo {
                 }
                 if fail_at == Some(index) {
                     return Err(JobFailure::new("simulated_failure", format!("{name} failed (simulated)")));
+                }
+                // `{"panic": "<message>"}` makes `process-data` panic: shows that a crashing handler fails its
+                // attempt (retried, then dead with the message) and never its worker.
+                if *name == "process-data" {
+                    if let Ok(Some(message)) = job.payload.deserialize::<DemoPayload>().map(|p| p.panic) {
+                        panic!("{message}");
+                    }
                 }
                 if *name == "save-data" {
                     let result = serde_json::json!({

@@ -102,14 +102,9 @@ async fn run_handler(shared: &Shared, job: Job, span: &tracing::Span, mark: Opti
         Ok(Ok(())) => Outcome::Succeeded,
         Ok(Err(failure)) => Outcome::Failed { failure, kind: kind.as_str().to_owned(), attempt },
         Err(panic) => {
-            let message = match panic.downcast_ref::<&str>() {
-                Some(text) => format!("handler panicked: {text}"),
-                None => match panic.downcast_ref::<String>() {
-                    Some(text) => format!("handler panicked: {text}"),
-                    None => "handler panicked".to_owned(),
-                },
-            };
-            tracing::error!(parent: span, kind = %kind, "{message}");
+            // The panic hook (installed by `telemetry::init`) already logged it, in this span, as one line; the
+            // settle line that follows carries the message too.
+            let message = format!("handler panicked: {}", crate::handler::panic_message(&*panic));
             Outcome::Failed { failure: JobFailure::new("panic", message), kind: kind.as_str().to_owned(), attempt }
         }
     }
