@@ -17,35 +17,67 @@ async fn connect(redis: &RedisArgs) -> anyhow::Result<jobstream::connection::Con
         .with_context(|| format!("cannot reach Redis at {}", jobstream::connection::redact(&redis.redis_url)))
 }
 
-/// One line (or JSON object) per partition of the queue.
+/// The queue's numbers as text, or as one JSON object (`--json`): a queue of one partition is its
+/// [`admin::QueueStats`]; a partitioned queue is `{"queue", "partitions": [QueueStats, …]}`.
 pub async fn stats(args: StatsArgs) -> anyhow::Result<()> {
+    let record = args.queue.partition_record().map_err(usage)?;
+    let partitions = args.queue.partition_keys().map_err(usage)?;
     let mut conn = connect(&args.redis).await?;
     // Read-only: a count other than the recorded one would show empty partitions, not the queue's.
-    args.queue.partition_record().map_err(usage)?.check(&mut conn).await?;
+    record.check(&mut conn).await?;
+    let mut all = Vec::with_capacity(partitions.len());
+    for keys in &partitions {
+        all.push(admin::stats(&mut conn, keys).await?);
+    }
     let mut out = std::io::stdout().lock();
-    for keys in args.queue.partition_keys().map_err(usage)? {
-        let stats = admin::stats(&mut conn, &keys).await?;
-        if args.json {
-            writeln!(out, "{}", serde_json::to_string(&stats)?)?;
-            continue;
-        }
+    if args.json {
+        let json = match all.as_slice() {
+            [one] => serde_json::to_string(one)?,
+            _ => {
+                serde_json::to_string(&serde_json::json!({ "queue": args.queue.queue.to_string(), "partitions": all }))?
+            }
+        };
+        writeln!(out, "{json}")?;
+        return Ok(());
+    }
+    for stats in &all {
+        write_text(&mut out, stats)?;
+    }
+    Ok(())
+}
+
+fn write_text(out: &mut impl Write, stats: &admin::QueueStats) -> std::io::Result<()> {
+    let rate = |r: Option<f64>| r.map_or_else(|| "?".to_owned(), |r| format!("{r:.2}"));
+    writeln!(out, "queue {}: {} entries, {} delayed, {} dead", stats.queue, stats.length, stats.delayed, stats.dead)?;
+    match stats.rates.window_s {
+        Some(window) => writeln!(
+            out,
+            "  last {window:.0}s: {} enqueued/s, {} dead/s",
+            rate(stats.rates.enqueued_per_s),
+            rate(stats.rates.dead_per_s)
+        )?,
+        None => writeln!(out, "  rates unknown: no worker has recorded the queue's counters yet")?,
+    }
+    for g in &stats.groups {
+        let lag = g.lag.map_or_else(|| "?".to_owned(), |l| l.to_string());
+        let oldest = g.oldest_pending_age_ms.map_or_else(|| "-".to_owned(), |ms| seconds(ms));
         writeln!(
             out,
-            "queue {}: {} entries, {} delayed, {} dead",
-            stats.queue, stats.length, stats.delayed, stats.dead
+            "  group {}: {} consumers, lag {lag}, {} pending, oldest pending {oldest}, {} acknowledged/s",
+            g.name,
+            g.consumers,
+            g.pending,
+            rate(g.acknowledged_per_s)
         )?;
-        for g in &stats.groups {
-            let lag = g.lag.map_or_else(|| "?".to_owned(), |l| l.to_string());
-            let oldest =
-                g.oldest_pending_age_ms.map_or_else(|| "-".to_owned(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
-            writeln!(
-                out,
-                "  group {}: {} consumers, lag {lag}, {} pending, oldest pending {oldest}",
-                g.name, g.consumers, g.pending
-            )?;
+        for c in &g.consumer_list {
+            writeln!(out, "    consumer {}: {} pending, idle {}", c.name, c.pending, seconds(c.idle_ms))?;
         }
     }
     Ok(())
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
 }
 
 pub async fn dead(command: DeadCommand) -> anyhow::Result<()> {

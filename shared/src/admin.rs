@@ -18,8 +18,19 @@ use crate::propagation::{self, ContextStatus, TraceHeaders};
 
 static REPLAY_DEAD: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("lua/replay_dead.lua")));
 
-/// One consumer group's numbers.
+/// One consumer's numbers (Redis `XINFO CONSUMERS`).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ConsumerStats {
+    /// Consumer name.
+    pub name: String,
+    /// Entries delivered to it and not yet acknowledged.
+    pub pending: u64,
+    /// Milliseconds since it last read, claimed or acknowledged.
+    pub idle_ms: u64,
+}
+
+/// One consumer group's numbers.
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct GroupStats {
     /// Group name.
     pub name: String,
@@ -32,10 +43,15 @@ pub struct GroupStats {
     pub lag: Option<u64>,
     /// Age in ms of the oldest pending entry, from its stream id.
     pub oldest_pending_age_ms: Option<u64>,
+    /// Entries the group acknowledged per second over the last minute (any outcome: done, retried, dead);
+    /// see [`crate::counts`].
+    pub acknowledged_per_s: Option<f64>,
+    /// Each consumer of the group.
+    pub consumer_list: Vec<ConsumerStats>,
 }
 
 /// A queue's numbers.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct QueueStats {
     /// Queue name.
     pub queue: String,
@@ -47,6 +63,8 @@ pub struct QueueStats {
     pub dead: u64,
     /// Per consumer group.
     pub groups: Vec<GroupStats>,
+    /// Enqueued and dead-lettered per second over the last minute ([`crate::counts`]).
+    pub rates: crate::counts::Rates,
 }
 
 /// Reads a queue's numbers. A queue that does not exist yet has all zeros.
@@ -72,6 +90,7 @@ pub async fn stats<C: ConnectionLike>(conn: &mut C, keys: &Keys) -> redis::Redis
     };
     let now = crate::clock::now_ms();
     let mut out = Vec::with_capacity(groups.len());
+    let mut counters = Vec::with_capacity(groups.len());
     for group in groups {
         let name: String =
             group.get("name").map(|v| redis::from_redis_value(v.clone())).transpose()?.unwrap_or_default();
@@ -87,15 +106,63 @@ pub async fn stats<C: ConnectionLike>(conn: &mut C, keys: &Keys) -> redis::Redis
         let last_delivered: Option<String> =
             group.get("last-delivered-id").and_then(|v| redis::from_redis_value(v.clone()).ok());
         let lag = checked_lag(conn, keys, last_delivered.as_deref(), number("lag")).await?;
+        counters.push(crate::counts::GroupCounts {
+            name: name.clone(),
+            // Redis may not know a new group's counter; one never delivered anything has read nothing.
+            read: number("entries-read").or_else(|| (last_delivered.as_deref() == Some("0-0")).then_some(0)),
+            pending: number("pending").unwrap_or(0),
+        });
         out.push(GroupStats {
             consumers: number("consumers").unwrap_or(0),
             pending: number("pending").unwrap_or(0),
             lag,
             oldest_pending_age_ms: oldest_id.as_deref().and_then(id_ms).map(|ms| now.saturating_sub(ms)),
+            acknowledged_per_s: None,
+            consumer_list: consumers(conn, keys, &name).await.unwrap_or_default(),
             name,
         });
     }
-    Ok(QueueStats { queue: keys.queue().to_string(), length, delayed, dead, groups: out })
+    // Rates are extra: a user whose ACL lacks XINFO STREAM still gets the rest.
+    let rates = async {
+        let current = crate::counts::current(conn, keys, counters).await?;
+        let baseline = crate::counts::baseline(conn, keys, current.t).await?;
+        Ok::<_, redis::RedisError>(crate::counts::rates(baseline.as_ref(), &current))
+    }
+    .await;
+    let rates = match rates {
+        Ok((rates, per_group)) => {
+            for (group, (_, acked)) in out.iter_mut().zip(per_group) {
+                group.acknowledged_per_s = acked;
+            }
+            rates
+        }
+        Err(error) => {
+            tracing::debug!(%error, "rates unknown");
+            crate::counts::Rates::default()
+        }
+    };
+    Ok(QueueStats { queue: keys.queue().to_string(), length, delayed, dead, groups: out, rates })
+}
+
+/// The consumers of `group` with their pending count and idle time.
+async fn consumers<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    group: &str,
+) -> redis::RedisResult<Vec<ConsumerStats>> {
+    let rows: Vec<HashMap<String, redis::Value>> =
+        redis::cmd("XINFO").arg("CONSUMERS").arg(&keys.stream).arg(group).query_async(conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let number = |key: &str| row.get(key).and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok());
+            ConsumerStats {
+                name: row.get("name").and_then(|v| redis::from_redis_value(v.clone()).ok()).unwrap_or_default(),
+                pending: number("pending").unwrap_or(0),
+                idle_ms: number("idle").unwrap_or(0),
+            }
+        })
+        .collect())
 }
 
 /// `lag` when the stream agrees with it: an entry follows `last_delivered` exactly when the lag is above 0.

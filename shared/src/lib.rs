@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod consumers;
+pub mod counts;
 pub mod enqueue;
 pub mod handler;
 pub mod health;

@@ -225,7 +225,7 @@ fn assert_error(out: &Output, status: i32, what: &str) {
     let lines = stderr_lines(out);
     assert!(lines.first().is_some_and(|l| l.starts_with("error: ")), "{what}: {lines:?}");
     // clap's usage errors add the usage and a hint; ours are one line.
-    if !lines.iter().any(|l| l.starts_with("Usage:")) {
+    if !lines.iter().any(|l| l.starts_with("Usage:") || l.starts_with("For more information")) {
         assert_eq!(lines.len(), 1, "{what}: one line: {lines:?}");
     }
 }

@@ -188,6 +188,25 @@ async fn remove_idle_consumers(shared: &Shared, min_idle: Duration) {
     }
 }
 
+/// Records the queue's counters for the last-minute rates ([`crate::counts`]) now and every
+/// [`crate::counts::RECORD_EVERY`], until `stop`; one worker's record serves all.
+pub(crate) async fn record_counts(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let recorded = async {
+            let mut conn = shared.pool.get().await.map_err(|e| e.to_string())?;
+            crate::counts::record(&mut conn, &shared.keys).await.map_err(|e| e.to_string())
+        }
+        .await;
+        if let Err(error) = recorded {
+            tracing::debug!(%error, "recording the queue's counters failed; will try again");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(crate::counts::RECORD_EVERY) => {}
+        }
+    }
+}
+
 /// Publishes the load-test probe histograms that changed, every [`loadprobe::PUBLISH_EVERY`] and once more
 /// when `stop` is cancelled (after the last acknowledgements).
 pub(crate) async fn publish_probes(shared: Arc<Shared>, stop: CancellationToken) {

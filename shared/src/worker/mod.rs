@@ -258,6 +258,7 @@ impl Worker {
         let renewer =
             tokio::spawn(maintenance::renew(shared.clone(), config.visibility_timeout / 3, maintenance_stop.clone()));
         let trimmer = tokio::spawn(maintenance::trim(shared.clone(), TRIM_EVERY, maintenance_stop.clone()));
+        let recorder = tokio::spawn(maintenance::record_counts(shared.clone(), maintenance_stop.clone()));
         let probe_stop = CancellationToken::new();
         let prober = tokio::spawn(maintenance::publish_probes(shared.clone(), probe_stop.clone()));
         let permits = Arc::new(Semaphore::new(config.concurrency));
@@ -310,7 +311,7 @@ impl Worker {
             );
         }
         maintenance_stop.cancel();
-        let _ = tokio::join!(promoter, renewer, trimmer);
+        let _ = tokio::join!(promoter, renewer, trimmer, recorder);
         drop(acks);
         let mut acker = acker;
         let unsent = match tokio::time::timeout(ACK_DRAIN, &mut acker).await {
