@@ -12,9 +12,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use jobstream::otlp_sink::{render_trace, OtlpSink};
 use jobstream::telemetry::{self, Export, TelemetrySettings};
 use jobstream::{results, Job, Keys, Producer, QueueName};
+use jobstream_otlp_sink::{render_trace, OtlpSink};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};

@@ -20,7 +20,6 @@ pub mod keys;
 pub mod limits;
 pub mod loadprobe;
 pub mod metrics;
-pub mod otlp_sink;
 pub mod partitions;
 pub mod propagation;
 pub mod queue;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use jobstream::otlp_sink::{OtlpSink, ReceivedSpan};
+pub use jobstream_otlp_sink::{OtlpSink, ReceivedSpan};
 
 /// A `redis-server` of this test's own, on a free loopback port, in a temp dir; killed on drop.
 pub struct RedisServer {

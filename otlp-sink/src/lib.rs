@@ -1,11 +1,17 @@
 //! A real OTLP trace receiver, in process: it accepts `http/protobuf` export requests on `POST /v1/traces` and
 //! gRPC `TraceService/Export` calls, decodes them with the OpenTelemetry protobuf definitions, and keeps the
 //! spans. The demo uses it to print the span tree of a job when no collector is configured, and the tests use
-//! it to check the spans a process really exported. It binds loopback only.
+//! it to check the spans a process really exported; the benchmarks count spans with it
+//! (`examples/otlp_counter.rs`). It binds loopback only.
+//!
+//! It is a crate of its own, not published, so that the `jobstream` library (a gRPC *client*, through the OTLP
+//! exporter) does not pull a gRPC server into its users' builds.
 //!
 //! [`OtlpSink::start_tls`] serves both endpoints over TLS instead (HTTPS for `http/protobuf`, gRPC over TLS), with
 //! a certificate the caller made, as a production collector does; it counts the TLS handshakes that failed and
 //! keeps the headers of every export request, so a test can see a client's CA check and its API-key header.
+
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -231,6 +237,16 @@ impl OtlpSink {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+impl std::fmt::Debug for OtlpSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpSink")
+            .field("http", &self.http_endpoint())
+            .field("grpc", &self.grpc_endpoint())
+            .field("received", &self.received())
+            .finish()
     }
 }
 

@@ -3,10 +3,13 @@
 //! `otlp_counter [HTTP_ADDR] [GRPC_ADDR]` (defaults 127.0.0.1:4318 and 127.0.0.1:4317) serves
 //! `POST /v1/traces` (http/protobuf) and the gRPC trace service, decoding every request like a collector would,
 //! prints `spans <n>` to stdout every second, and exits on SIGTERM or SIGINT.
+//!
+//! `bench/run` builds it with `cargo build --release -p jobstream-otlp-sink --example otlp_counter`.
 
 use std::time::Duration;
 
-use jobstream::otlp_sink::OtlpSink;
+use jobstream_otlp_sink::OtlpSink;
+use tokio::signal::unix::{signal, SignalKind};
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
@@ -15,11 +18,13 @@ async fn main() -> std::io::Result<()> {
     let grpc = args.next().unwrap_or_else(|| "127.0.0.1:4317".to_owned());
     let sink = OtlpSink::start_on(false, &http, &grpc).await?;
     eprintln!("receiving OTLP on {} (http/protobuf) and {} (grpc)", sink.http_endpoint(), sink.grpc_endpoint());
-    let stop = jobstream::shutdown::on_signals()?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = term.recv() => break,
+            _ = interrupt.recv() => break,
             _ = tick.tick() => println!("spans {}", sink.received()),
         }
     }
