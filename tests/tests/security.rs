@@ -33,6 +33,7 @@ const ACL: &[&str] = &[
     "+xgroup|delconsumer",
     "+xinfo|groups",
     "+type",
+    "+xinfo|stream",
     "+xinfo|consumers",
     "+xlen",
     "+xrange",
