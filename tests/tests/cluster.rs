@@ -23,11 +23,11 @@ fn sum_on(node: &RedisServer, cmd: impl Fn(usize) -> redis::Cmd) -> u64 {
 }
 
 fn queued_on(node: &RedisServer) -> u64 {
-    sum_on(node, |i| redis::cmd("XLEN").arg(format!("jobstream:{{{QUEUE}:{i}}}")).clone())
+    sum_on(node, |i| redis::cmd("XLEN").arg(keys(&format!("{QUEUE}:{i}")).stream).clone())
 }
 
 fn done_on(node: &RedisServer) -> u64 {
-    sum_on(node, |i| redis::cmd("HLEN").arg(format!("jobstream:{{{QUEUE}:{i}}}:done")).clone())
+    sum_on(node, |i| redis::cmd("HLEN").arg(keys(&format!("{QUEUE}:{i}")).done).clone())
 }
 
 fn runs_on(node: &RedisServer) -> u64 {
@@ -35,7 +35,7 @@ fn runs_on(node: &RedisServer) -> u64 {
         .filter_map(|i| {
             on_node::<std::collections::HashMap<String, u64>>(
                 node,
-                redis::cmd("HGETALL").arg(format!("jobstream:{{{QUEUE}:{i}}}:done")),
+                redis::cmd("HGETALL").arg(keys(&format!("{QUEUE}:{i}")).done),
             )
         })
         .flat_map(|runs| runs.into_values())
@@ -87,7 +87,7 @@ async fn a_partitioned_queue_uses_every_shard_and_survives_a_primary_dying() {
                 .filter_map(|i| {
                     on_node::<(u64, redis::Value, redis::Value, redis::Value)>(
                         node,
-                        redis::cmd("XPENDING").arg(format!("jobstream:{{{QUEUE}:{i}}}")).arg("workers"),
+                        redis::cmd("XPENDING").arg(keys(&format!("{QUEUE}:{i}")).stream).arg("workers"),
                     )
                 })
                 .map(|summary| summary.0)
@@ -102,9 +102,8 @@ async fn a_partitioned_queue_uses_every_shard_and_survives_a_primary_dying() {
     let _worker =
         Service::spawn(clustered(consumer(&cluster.nodes[0], &sink, QUEUE, "w2", &flags), &cluster), logs.path(), "w2");
     enqueue(clustered(traced("producer", &cluster.nodes[0], &sink, "p"), &cluster), QUEUE, "demo", "{}", 40);
-    let dead_on = |node: &RedisServer| {
-        sum_on(node, |i| redis::cmd("XLEN").arg(format!("jobstream:{{{QUEUE}:{i}}}:dead")).clone())
-    };
+    let dead_on =
+        |node: &RedisServer| sum_on(node, |i| redis::cmd("XLEN").arg(keys(&format!("{QUEUE}:{i}")).dead).clone());
     wait_until(Duration::from_secs(60), "40 demo jobs done or dead", || {
         cluster.nodes.iter().map(|n| done_on(n) + dead_on(n)).sum::<u64>() == 640
     });

@@ -8,36 +8,16 @@ use jobstream_tests::*;
 
 const SPAN_WAIT: Duration = Duration::from_secs(20);
 
-fn consumer_cmd(redis: &RedisServer, sink: &OtlpSink, queue: &str, name: &str) -> std::process::Command {
-    let mut cmd = traced("consumer", redis, sink, "test-consumer");
-    cmd.args([
-        "--queue",
-        queue,
-        "--consumer",
-        name,
-        "--block",
-        "200ms",
-        "--concurrency",
-        "8",
-        "--listen",
-        "127.0.0.1:0",
-    ])
-    .args(["--demo-latency-scale", "0", "--demo-failure-rate", "0"]);
-    cmd
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jobs_run_once_and_each_forms_one_trace_across_processes() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "e2e";
     let consumers: Vec<_> = (0..2)
-        .map(|i| Service::spawn(consumer_cmd(&redis, &sink, queue, &format!("c{i}")), logs.path(), &format!("c{i}")))
+        .map(|i| fx.spawn(fx.consumer(queue, &format!("c{i}"), &["--concurrency", "8"]), &format!("c{i}")))
         .collect();
 
-    let jobs = enqueue(traced("producer", &redis, &sink, "test-producer"), queue, "demo", r#"{"x":1}"#, 20);
-    let mut conn = redis.conn();
+    let jobs = enqueue(fx.producer(), queue, "demo", r#"{"x":1}"#, 20);
+    let mut conn = fx.conn();
     wait_until(Duration::from_secs(30), "all 20 jobs to complete", || done_counts(&mut conn, queue).len() == 20);
     for consumer in consumers {
         assert_eq!(consumer.terminate(), Some(0), "consumers exit 0 on SIGTERM");
@@ -51,7 +31,8 @@ async fn jobs_run_once_and_each_forms_one_trace_across_processes() {
 
     let trace_ids: HashSet<&str> = jobs.iter().map(|j| j.trace_id.as_str()).collect();
     assert_eq!(trace_ids.len(), jobs.len(), "every job has its own trace");
-    let spans = sink
+    let spans = fx
+        .sink
         .wait_for(SPAN_WAIT, |spans| jobs.iter().all(|j| !named(spans, &j.trace_id, "save-data").is_empty()))
         .await
         .unwrap_or_else(|partial| panic!("spans missing; got {} spans", partial.len()));
@@ -95,25 +76,17 @@ async fn jobs_run_once_and_each_forms_one_trace_across_processes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fanout_job_makes_one_trace_over_three_hops() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "fan";
-    let consumer = Service::spawn(consumer_cmd(&redis, &sink, queue, "c0"), logs.path(), "c0");
-    let job = enqueue(
-        traced("producer", &redis, &sink, "test-producer"),
-        queue,
-        "fanout",
-        r#"{"children":2,"depth":2,"leaf":"demo"}"#,
-        1,
-    )
-    .remove(0);
-    let mut conn = redis.conn();
+    let consumer = fx.spawn(fx.consumer(queue, "c0", &["--concurrency", "8"]), "c0");
+    let job = enqueue(fx.producer(), queue, "fanout", r#"{"children":2,"depth":2,"leaf":"demo"}"#, 1).remove(0);
+    let mut conn = fx.conn();
     // 1 fanout of depth 2, 2 of depth 1, 4 demo leaves.
     wait_until(Duration::from_secs(30), "7 jobs to complete", || done_counts(&mut conn, queue).len() == 7);
     assert_eq!(consumer.terminate(), Some(0));
 
-    let spans = sink
+    let spans = fx
+        .sink
         .wait_for(SPAN_WAIT, |spans| named(spans, &job.trace_id, "save-data").len() == 4)
         .await
         .unwrap_or_else(|partial| panic!("spans missing; got {}", partial.len()));
@@ -141,19 +114,18 @@ async fn a_fanout_job_makes_one_trace_over_three_hops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spans_also_go_out_over_grpc() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let mut cmd = consumer_cmd(&redis, &sink, "grpc", "c0");
-    cmd.env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc").env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.grpc_endpoint());
-    let consumer = Service::spawn(cmd, logs.path(), "c0");
-    let mut producer = traced("producer", &redis, &sink, "test-producer");
-    producer.env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc").env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.grpc_endpoint());
+    let fx = Fixture::start().await;
+    let mut cmd = fx.consumer("grpc", "c0", &["--concurrency", "8"]);
+    cmd.env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc").env("OTEL_EXPORTER_OTLP_ENDPOINT", fx.sink.grpc_endpoint());
+    let consumer = fx.spawn(cmd, "c0");
+    let mut producer = fx.producer();
+    producer.env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc").env("OTEL_EXPORTER_OTLP_ENDPOINT", fx.sink.grpc_endpoint());
     let job = enqueue(producer, "grpc", "noop", "{}", 1).remove(0);
-    let mut conn = redis.conn();
+    let mut conn = fx.conn();
     wait_until(Duration::from_secs(30), "the job to complete", || done_counts(&mut conn, "grpc").len() == 1);
     assert_eq!(consumer.terminate(), Some(0));
-    let spans = sink
+    let spans = fx
+        .sink
         .wait_for(SPAN_WAIT, |spans| !named(spans, &job.trace_id, "process grpc").is_empty())
         .await
         .unwrap_or_else(|partial| panic!("no process span over gRPC; got {partial:?}"));
@@ -163,10 +135,10 @@ async fn spans_also_go_out_over_grpc() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_idempotency_key_enqueues_once() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
+    let fx = Fixture::start().await;
     let run = || {
-        let out = traced("producer", &redis, &sink, "test-producer")
+        let out = fx
+            .producer()
             .args(["enqueue", "--queue", "once", "--kind", "noop", "--idempotency-key", "order-42"])
             .output()
             .unwrap();
@@ -177,8 +149,9 @@ async fn an_idempotency_key_enqueues_once() {
     let (second, note) = run();
     assert_eq!(first, second, "the second call reports the first job, trace id included");
     assert!(note.contains("nothing enqueued"), "{note}");
-    assert_eq!(xlen(&mut redis.conn(), "jobstream:{once}"), 1, "one entry on the stream");
-    let many = traced("producer", &redis, &sink, "test-producer")
+    assert_eq!(xlen(&mut fx.conn(), &keys("once").stream), 1, "one entry on the stream");
+    let many = fx
+        .producer()
         .args(["enqueue", "--queue", "once", "--kind", "noop", "--idempotency-key", "k", "--count", "2"])
         .output()
         .unwrap();
@@ -187,17 +160,16 @@ async fn an_idempotency_key_enqueues_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn link_mode_starts_a_new_trace_linked_to_the_producer() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let mut cmd = consumer_cmd(&redis, &sink, "linked", "c0");
+    let fx = Fixture::start().await;
+    let mut cmd = fx.consumer("linked", "c0", &["--concurrency", "8"]);
     cmd.args(["--trace-mode", "link"]);
-    let worker = Service::spawn(cmd, logs.path(), "c0");
-    let job = enqueue(traced("producer", &redis, &sink, "test-producer"), "linked", "demo", "{}", 1).remove(0);
-    let mut conn = redis.conn();
+    let worker = fx.spawn(cmd, "c0");
+    let job = enqueue(fx.producer(), "linked", "demo", "{}", 1).remove(0);
+    let mut conn = fx.conn();
     wait_until(Duration::from_secs(30), "the job", || done_counts(&mut conn, "linked").len() == 1);
     assert_eq!(worker.terminate(), Some(0));
-    let spans = sink
+    let spans = fx
+        .sink
         .wait_for(SPAN_WAIT, |s| {
             s.iter().any(|s| s.name == "process linked") && s.iter().any(|s| s.name == "send linked")
         })

@@ -16,11 +16,9 @@ fn server(redis: &RedisServer, sink: &OtlpSink, logs: &std::path::Path) -> Servi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_traces_through_the_queue_to_the_worker() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let api = server(&redis, &sink, logs.path());
-    let worker = Service::spawn(consumer(&redis, &sink, "web", "w", &[]), logs.path(), "w");
+    let fx = Fixture::start().await;
+    let api = server(&fx.redis, &fx.sink, fx.logs.path());
+    let worker = fx.spawn(fx.consumer("web", "w", &[]), "w");
     let addr = api.listen_addr();
     let traceparent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
     let (status, body) = http_request(
@@ -34,12 +32,13 @@ async fn a_request_traces_through_the_queue_to_the_worker() {
     let accepted: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(accepted["trace_id"], CALLER_TRACE, "the job joins the caller's trace");
     let job_id = accepted["id"].as_str().unwrap().to_owned();
-    let mut conn = redis.conn();
+    let mut conn = fx.conn();
     wait_until(Duration::from_secs(30), "the job to run", || done_counts(&mut conn, "web").contains_key(&job_id));
     assert_eq!(worker.terminate(), Some(0));
     assert_eq!(api.terminate(), Some(0));
 
-    let spans = sink
+    let spans = fx
+        .sink
         .wait_for(Duration::from_secs(20), |s| {
             !named(s, CALLER_TRACE, "save-data").is_empty() && !named(s, CALLER_TRACE, "POST /v1/jobs").is_empty()
         })
@@ -58,10 +57,8 @@ async fn a_request_traces_through_the_queue_to_the_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_requests_get_clear_json_errors() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let api = server(&redis, &sink, logs.path());
+    let fx = Fixture::start().await;
+    let api = server(&fx.redis, &fx.sink, fx.logs.path());
     let addr = api.listen_addr();
     let post = |headers: &[(&str, &str)], body: &str| {
         let mut all = vec![("content-type", "application/json")];
@@ -89,7 +86,7 @@ async fn bad_requests_get_clear_json_errors() {
     let (first, _) = post(&[auth, key], r#"{"kind":"noop"}"#);
     let (second, _) = post(&[auth, key], r#"{"kind":"noop"}"#);
     assert_eq!((first, second), (202, 200), "the second request with the key is a duplicate");
-    assert_eq!(xlen(&mut redis.conn(), "jobstream:{web}"), 1, "only the accepted job is on the stream");
+    assert_eq!(xlen(&mut fx.conn(), &keys("web").stream), 1, "only the accepted job is on the stream");
     let (metrics_status, text) = http_get(addr, "/metrics");
     assert_eq!(metrics_status, 200);
     assert!(text.contains(r#"jobstream_enqueued_total{queue="web",kind="noop"} 1"#), "{text}");

@@ -25,20 +25,18 @@ fn ms(report: &Value, which: &str, what: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_load_run_is_measured_by_every_consumer_and_fully_accounted_for() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "load";
-    let _a = Service::spawn(consumer(&redis, &sink, queue, "a", &["--concurrency", "32"]), logs.path(), "a");
-    let _b = Service::spawn(consumer(&redis, &sink, queue, "b", &["--concurrency", "32"]), logs.path(), "b");
+    let _a = fx.spawn(fx.consumer(queue, "a", &["--concurrency", "32"]), "a");
+    let _b = fx.spawn(fx.consumer(queue, "b", &["--concurrency", "32"]), "b");
     for worker in [&_a, &_b] {
         let addr = worker.listen_addr();
         wait_until(Duration::from_secs(20), "consumer ready", || http_get(addr, "/readyz").0 == 200);
     }
 
     let (out, report) = load(
-        &redis,
-        &sink,
+        &fx.redis,
+        &fx.sink,
         &["--queue", queue, "--jobs", "3000", "--batch", "50", "--concurrency", "2", "--wait", "--timeout", "60s"],
     );
     assert!(out.status.success(), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -57,34 +55,34 @@ async fn a_load_run_is_measured_by_every_consumer_and_fully_accounted_for() {
     assert!(ms(&report, "enqueue_to_start", "max") <= ms(&report, "enqueue_to_ack", "max"), "{report}");
     assert!(report["drain_rate"].as_f64().unwrap() > 0.0, "{report}");
     // `noop` was told not to record runs: the load costs Redis nothing beyond the queue's own work.
-    let mut conn = redis.conn();
+    let mut conn = fx.conn();
     assert!(done_counts(&mut conn, queue).is_empty());
     assert_eq!(pending(&mut conn, queue, "workers"), 0);
 
     // Open loop: 200 jobs at 400/s take at least the 0.4975 s the schedule spans.
-    let (out, paced) = load(&redis, &sink, &["--queue", queue, "--jobs", "200", "--rate", "400", "--wait"]);
+    let (out, paced) = load(&fx.redis, &fx.sink, &["--queue", queue, "--jobs", "200", "--rate", "400", "--wait"]);
     assert!(out.status.success(), "{paced}");
     assert_eq!((paced["sent"].as_u64(), paced["done"].as_u64()), (Some(200), Some(200)), "{paced}");
     assert_eq!(paced["offered_rate"], 400.0);
     assert!(paced["enqueue_seconds"].as_f64().unwrap() >= 0.4975, "{paced}");
 
     // Jobs no consumer can run are dead-lettered, and counted as such.
-    let (out, dead) = load(&redis, &sink, &["--queue", queue, "--kind", "no-such-kind", "--jobs", "40", "--wait"]);
+    let (out, dead) =
+        load(&fx.redis, &fx.sink, &["--queue", queue, "--kind", "no-such-kind", "--jobs", "40", "--wait"]);
     assert!(out.status.success(), "{dead}");
     assert_eq!((dead["done"].as_u64(), dead["dead"].as_u64()), (Some(0), Some(40)), "{dead}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_nobody_drains_fails_with_a_report() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let (out, report) = load(&redis, &sink, &["--queue", "idle", "--jobs", "25", "--wait", "--timeout", "1s"]);
+    let fx = Fixture::start().await;
+    let (out, report) = load(&fx.redis, &fx.sink, &["--queue", "idle", "--jobs", "25", "--wait", "--timeout", "1s"]);
     assert_eq!(out.status.code(), Some(1), "{report}");
     assert_eq!((report["sent"].as_u64(), report["done"].as_u64()), (Some(25), Some(0)), "{report}");
     assert_eq!(report["timed_out"], true);
     assert!(String::from_utf8_lossy(&out.stderr).contains("25 jobs neither acknowledged nor dead"));
-    let mut conn = redis.conn();
-    assert_eq!(xlen(&mut conn, "jobstream:{idle}"), 25, "the jobs are still queued");
+    let mut conn = fx.conn();
+    assert_eq!(xlen(&mut conn, &keys("idle").stream), 25, "the jobs are still queued");
 }
 
 #[test]
@@ -106,28 +104,23 @@ fn bad_arguments_are_refused_before_anything_is_sent() {
         assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{args:?}");
     }
     let mut conn = redis.conn();
-    assert_eq!(xlen(&mut conn, "jobstream:{args}"), 0);
+    assert_eq!(xlen(&mut conn, &keys("args").stream), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_queue_is_measured_across_its_partitions() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let worker = Service::spawn(
-        consumer(&redis, &sink, "parts", "only", &["--partitions", "3", "--concurrency", "12"]),
-        logs.path(),
-        "only",
-    );
+    let fx = Fixture::start().await;
+    let worker = fx.spawn(fx.consumer("parts", "only", &["--partitions", "3", "--concurrency", "12"]), "only");
     let addr = worker.listen_addr();
     wait_until(Duration::from_secs(20), "groups on every partition", || http_get(addr, "/readyz").0 == 200);
-    let (out, report) = load(&redis, &sink, &["--queue", "parts", "--partitions", "3", "--jobs", "600", "--wait"]);
+    let (out, report) =
+        load(&fx.redis, &fx.sink, &["--queue", "parts", "--partitions", "3", "--jobs", "600", "--wait"]);
     assert!(out.status.success(), "{report}");
     assert_eq!((report["sent"].as_u64(), report["done"].as_u64()), (Some(600), Some(600)), "{report}");
     assert_eq!(report["consumers"], 1, "one process, counted once over its partitions: {report}");
-    let mut conn = redis.conn();
-    let per_partition: Vec<u64> = (0..3).map(|i| xlen(&mut conn, &format!("jobstream:{{parts:{i}}}"))).collect();
+    let mut conn = fx.conn();
+    let per_partition: Vec<u64> = (0..3).map(|i| xlen(&mut conn, &keys(&format!("parts:{i}")).stream)).collect();
     assert_eq!(per_partition.iter().sum::<u64>(), 600, "{per_partition:?}");
     assert!(per_partition.iter().all(|&n| n > 100), "jobs spread over the partitions: {per_partition:?}");
-    assert_eq!(xlen(&mut conn, "jobstream:{parts}"), 0, "nothing on the unpartitioned stream");
+    assert_eq!(xlen(&mut conn, &keys("parts").stream), 0, "nothing on the unpartitioned stream");
 }

@@ -8,12 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use jobstream::{Keys, QueueName};
 use jobstream_tests::*;
-
-fn keys(queue: &str) -> Keys {
-    Keys::new("jobstream", &QueueName::parse(queue).unwrap()).unwrap()
-}
 
 /// An entry's fields as raw bytes, in order.
 type Raw = Vec<(Vec<u8>, Vec<u8>)>;
@@ -102,11 +97,9 @@ fn log_has(worker: &Service, needle: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_too_wide_for_one_script_call_is_dead_lettered_whole() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "wide";
-    let mut conn = redis.conn();
+    let mut conn = fx.conn();
     // 4,500 fields: past Lua's unpack limit when passed to one XADD; the kind is unknown, so it is bound
     // for the dead stream either way.
     let mut wide = raw_job("nosuch", "{}");
@@ -114,7 +107,7 @@ async fn an_entry_too_wide_for_one_script_call_is_dead_lettered_whole() {
         wide.push((format!("x{i}").into_bytes(), vec![b'v'; i % 7]));
     }
     let id = xadd(&mut conn, &keys(queue).stream, &wide);
-    let worker = Service::spawn(consumer(&redis, &sink, queue, "w", &[]), logs.path(), "w");
+    let worker = fx.spawn(fx.consumer(queue, "w", &[]), "w");
     wait_until(Duration::from_secs(20), "the wide entry to be settled", || {
         !dead_by_source(&mut conn, queue).is_empty() || log_has(&worker, &id)
     });
@@ -134,17 +127,15 @@ async fn an_entry_too_wide_for_one_script_call_is_dead_lettered_whole() {
 /// Puts a key of the wrong type where a settle move writes, runs a job bound for it, checks that the job
 /// stays pending (not acknowledged and gone), then removes the bad key and checks that the job ends dead.
 async fn wrong_type_destination(queue: &str, destination: &str, kind: &str, extra: &[&str]) -> Raw {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let mut conn = redis.conn();
+    let fx = Fixture::start().await;
+    let mut conn = fx.conn();
     let () = redis::cmd("SET").arg(destination).arg("not a stream or set").query(&mut conn).unwrap();
     let job = raw_job(kind, "{}");
     let id = xadd(&mut conn, &keys(queue).stream, &job);
     let job_id = job_id(&job);
     let mut flags = vec!["--visibility-timeout", "1s", "--max-deliveries", "100"];
     flags.extend_from_slice(extra);
-    let worker = Service::spawn(consumer(&redis, &sink, queue, "w", &flags), logs.path(), "w");
+    let worker = fx.spawn(fx.consumer(queue, "w", &flags), "w");
     wait_until(Duration::from_secs(20), "the consumer to fail settling the job", || {
         worker.log().lines().any(|l| l.contains(&id) && l.contains("failed"))
     });
@@ -180,20 +171,18 @@ async fn a_delayed_set_of_the_wrong_type_leaves_the_failed_job_pending_until_it_
 /// write nothing: no dead letter, no retry, the entry still pending for its new owner.
 async fn zombie(queue: &str, zombie_flags: &[&str]) {
     use nix::sys::signal::{kill, Signal};
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let mut conn = redis.conn();
+    let fx = Fixture::start().await;
+    let mut conn = fx.conn();
     let mut flags = vec!["--visibility-timeout", "1s", "--demo-failure-rate", "1", "--demo-latency-scale", "20"];
     flags.extend_from_slice(zombie_flags);
-    let a = Service::spawn(consumer(&redis, &sink, queue, "a", &flags), logs.path(), "a");
+    let a = fx.spawn(fx.consumer(queue, "a", &flags), "a");
     let id = xadd(&mut conn, &keys(queue).stream, &raw_job("demo", "{}"));
     wait_until(Duration::from_secs(20), "a to hold the job", || owned_by(&mut conn, queue, "a") == 1);
     let a_pid = nix::unistd::Pid::from_raw(a.pid() as i32);
     kill(a_pid, Signal::SIGSTOP).unwrap();
     // b runs the job for many seconds (scale 300: its first step alone takes at least 6 s) and succeeds.
     let b_flags = ["--visibility-timeout", "1s", "--demo-failure-rate", "0", "--demo-latency-scale", "300"];
-    let b = Service::spawn(consumer(&redis, &sink, queue, "b", &b_flags), logs.path(), "b");
+    let b = fx.spawn(fx.consumer(queue, "b", &b_flags), "b");
     wait_until(Duration::from_secs(20), "b to take the job over", || owned_by(&mut conn, queue, "b") == 1);
     kill(a_pid, Signal::SIGCONT).unwrap();
     let settled = ["no longer pending", "dead-lettered", "retry scheduled"];
@@ -220,11 +209,9 @@ async fn a_resumed_zombie_does_not_retry_a_job_it_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_member_that_cannot_be_moved_is_dead_lettered_and_the_rest_keep_moving() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "promote";
-    let mut conn = redis.conn();
+    let mut conn = fx.conn();
     let delayed = keys(queue).delayed;
     // Due first: a member too wide for one XADD, one not JSON, one with a number where strings belong.
     let wide: Vec<String> = (0..9000).map(|i| format!("f{i}")).collect();
@@ -243,7 +230,7 @@ async fn a_delayed_member_that_cannot_be_moved_is_dead_lettered_and_the_rest_kee
             .query(&mut conn)
             .unwrap();
     }
-    let worker = Service::spawn(consumer(&redis, &sink, queue, "w", &[]), logs.path(), "w");
+    let worker = fx.spawn(fx.consumer(queue, "w", &[]), "w");
     wait_until(Duration::from_secs(30), "every ordinary delayed job to run", || {
         done_counts(&mut conn, queue).len() == jobs.len()
     });
@@ -261,14 +248,12 @@ async fn a_delayed_member_that_cannot_be_moved_is_dead_lettered_and_the_rest_kee
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_drain_a_backlog_while_redis_is_at_maxmemory() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "full";
     let stream = keys(queue).stream;
-    let mut conn = redis.conn();
+    let mut conn = fx.conn();
     let jobs = 5000;
-    let mut producer = traced("producer", &redis, &sink, "test-producer");
+    let mut producer = fx.producer();
     let out = producer
         .args(["enqueue", "--queue", queue, "--kind", "noop", "--payload", r#"{"record":false}"#])
         .args(["--count", &jobs.to_string()])
@@ -281,10 +266,8 @@ async fn consumers_drain_a_backlog_while_redis_is_at_maxmemory() {
     let used: u64 = info.lines().find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok()).unwrap();
     let () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(used / 2).query(&mut conn).unwrap();
 
-    let refused = traced("producer", &redis, &sink, "test-producer")
-        .args(["enqueue", "--queue", queue, "--kind", "noop", "--payload", "{}"])
-        .output()
-        .unwrap();
+    let refused =
+        fx.producer().args(["enqueue", "--queue", queue, "--kind", "noop", "--payload", "{}"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "a producer is refused while Redis is full");
     assert!(stderr.contains("maxmemory"), "the refusal says why: {stderr}");
@@ -293,7 +276,7 @@ async fn consumers_drain_a_backlog_while_redis_is_at_maxmemory() {
     let workers: Vec<Service> = (0..2)
         .map(|i| {
             let name = format!("w{i}");
-            Service::spawn(consumer(&redis, &sink, queue, &name, &["--concurrency", "64"]), logs.path(), &name)
+            fx.spawn(fx.consumer(queue, &name, &["--concurrency", "64"]), &name)
         })
         .collect();
     wait_until(Duration::from_secs(60), "the backlog to drain at maxmemory", || {
@@ -307,12 +290,10 @@ async fn consumers_drain_a_backlog_while_redis_is_at_maxmemory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_with_a_non_utf8_field_name_does_not_hold_up_its_batch() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "bytes";
     let stream = keys(queue).stream;
-    let mut conn = redis.conn();
+    let mut conn = fx.conn();
     let mut bad = raw_job("noop", "{}");
     bad.push((vec![0xff, 0xfe, b'x'], vec![0x80, 0x00, 0x01]));
     let mut bad_id = String::new();
@@ -325,7 +306,7 @@ async fn an_entry_with_a_non_utf8_field_name_does_not_hold_up_its_batch() {
     }
     // A visibility timeout far longer than the wait: nothing here may depend on redelivery.
     let flags = ["--visibility-timeout", "120s", "--batch-size", "64"];
-    let worker = Service::spawn(consumer(&redis, &sink, queue, "w", &flags), logs.path(), "w");
+    let worker = fx.spawn(fx.consumer(queue, "w", &flags), "w");
     wait_until(Duration::from_secs(15), "the good entries to run and the bad one to be dead", || {
         done_counts(&mut conn, queue).len() == 20 && dead_by_source(&mut conn, queue).contains_key(&bad_id)
     });
@@ -338,12 +319,10 @@ async fn an_entry_with_a_non_utf8_field_name_does_not_hold_up_its_batch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_barrage_ends_with_every_entry_run_or_dead_with_a_reason() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "barrage";
     let stream = keys(queue).stream;
-    let mut conn = redis.conn();
+    let mut conn = fx.conn();
     let ten_mb = vec![b'a'; 10 << 20];
     let mut valid = HashSet::new();
     let mut sources = HashSet::new();
@@ -370,7 +349,7 @@ async fn a_malformed_barrage_ends_with_every_entry_run_or_dead_with_a_reason() {
     let workers: Vec<Service> = (0..2)
         .map(|i| {
             let name = format!("w{i}");
-            Service::spawn(consumer(&redis, &sink, queue, &name, &["--visibility-timeout", "30s"]), logs.path(), &name)
+            fx.spawn(fx.consumer(queue, &name, &["--visibility-timeout", "30s"]), &name)
         })
         .collect();
     wait_until(Duration::from_secs(90), "every entry to be run or dead", || {
@@ -397,14 +376,12 @@ async fn a_malformed_barrage_ends_with_every_entry_run_or_dead_with_a_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_stream_cap_past_two_to_the_53_still_dead_letters() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "hugecap";
-    let mut conn = redis.conn();
+    let mut conn = fx.conn();
     let id = xadd(&mut conn, &keys(queue).stream, &raw_job("nosuch", "{}"));
     let flags = ["--dead-maxlen", "18446744073709551615"];
-    let worker = Service::spawn(consumer(&redis, &sink, queue, "w", &flags), logs.path(), "w");
+    let worker = fx.spawn(fx.consumer(queue, "w", &flags), "w");
     wait_until(Duration::from_secs(20), "the job in the dead stream", || {
         dead_by_source(&mut conn, queue).contains_key(&id)
     });
@@ -413,11 +390,9 @@ async fn a_dead_stream_cap_past_two_to_the_53_still_dead_letters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_delayed_members_that_cannot_be_dead_lettered_do_not_hide_the_good_ones_behind_them() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "stuck";
-    let mut conn = redis.conn();
+    let mut conn = fx.conn();
     let delayed = keys(queue).delayed;
     let () = redis::cmd("SET").arg(keys(queue).dead).arg("not a stream").query(&mut conn).unwrap();
     for i in 0..300 {
@@ -428,7 +403,7 @@ async fn bad_delayed_members_that_cannot_be_dead_lettered_do_not_hide_the_good_o
         job.iter().flat_map(|(k, v)| [k, v]).map(|b| String::from_utf8(b.clone()).unwrap()).collect();
     let _: i64 =
         redis::cmd("ZADD").arg(&delayed).arg(300).arg(serde_json::to_string(&flat).unwrap()).query(&mut conn).unwrap();
-    let worker = Service::spawn(consumer(&redis, &sink, queue, "w", &[]), logs.path(), "w");
+    let worker = fx.spawn(fx.consumer(queue, "w", &[]), "w");
     wait_until(Duration::from_secs(20), "the good member behind 300 stuck ones to run", || {
         done_counts(&mut conn, queue).contains_key(&job_id(&job))
     });

@@ -10,21 +10,19 @@ fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn probes_and_metrics_tell_the_truth() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "ops";
     let flags = ["--max-attempts", "1", "--demo-failure-rate", "1"];
-    let worker = Service::spawn(consumer(&redis, &sink, queue, "w", &flags), logs.path(), "w");
+    let worker = fx.spawn(fx.consumer(queue, "w", &flags), "w");
     let addr = worker.listen_addr();
     assert_eq!(http_get(addr, "/healthz").0, 200);
     wait_until(Duration::from_secs(20), "readiness once the group exists", || http_get(addr, "/readyz").0 == 200);
 
-    enqueue(traced("producer", &redis, &sink, "test-producer"), queue, "noop", "{}", 5);
-    enqueue(traced("producer", &redis, &sink, "test-producer"), queue, "demo", "{}", 2);
-    let mut conn = redis.conn();
+    enqueue(fx.producer(), queue, "noop", "{}", 5);
+    enqueue(fx.producer(), queue, "demo", "{}", 2);
+    let mut conn = fx.conn();
     xadd_raw(&mut conn, queue, &[("v", b"1")]);
-    let dead_key = format!("jobstream:{{{queue}}}:dead");
+    let dead_key = keys(queue).dead;
     wait_until(Duration::from_secs(30), "5 done and 3 dead", || {
         done_counts(&mut conn, queue).len() == 5 && xlen(&mut conn, &dead_key) == 3
     });
@@ -72,15 +70,13 @@ async fn probes_and_metrics_tell_the_truth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_draining_worker_is_alive_but_not_ready() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "draining";
     // One demo job of about 4 s keeps the worker draining long enough to probe it.
-    let worker = Service::spawn(consumer(&redis, &sink, queue, "w", &["--demo-latency-scale", "30"]), logs.path(), "w");
+    let worker = fx.spawn(fx.consumer(queue, "w", &["--demo-latency-scale", "30"]), "w");
     let addr = worker.listen_addr();
-    enqueue(traced("producer", &redis, &sink, "test-producer"), queue, "demo", "{}", 1);
-    let mut conn = redis.conn();
+    enqueue(fx.producer(), queue, "demo", "{}", 1);
+    let mut conn = fx.conn();
     wait_until(Duration::from_secs(20), "the job to start", || pending(&mut conn, queue, "workers") == 1);
     assert_eq!(http_get(addr, "/readyz").0, 200);
     worker.signal_term();
@@ -94,16 +90,14 @@ async fn a_draining_worker_is_alive_but_not_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_consumers_with_default_flags_on_one_host_both_run_and_serve_probes() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "twohosts";
     // No --listen: both want 0.0.0.0:9090; the second (or both, if something else holds it) takes another port.
     let start = |name: &str| {
-        let mut cmd = traced("consumer", &redis, &sink, "test-consumer");
+        let mut cmd = traced("consumer", &fx.redis, &fx.sink, "test-consumer");
         cmd.args(["--queue", queue, "--consumer", name, "--block", "200ms", "--concurrency", "2"]);
         cmd.args(["--demo-latency-scale", "0.05", "--demo-failure-rate", "0"]);
-        Service::spawn(cmd, logs.path(), name)
+        fx.spawn(cmd, name)
     };
     let workers = [start("first"), start("second")];
     let addrs: Vec<_> = workers.iter().map(Service::listen_addr).collect();
@@ -112,8 +106,8 @@ async fn two_consumers_with_default_flags_on_one_host_both_run_and_serve_probes(
         let local = std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()));
         assert_eq!(http_get(local, "/healthz").0, 200);
     }
-    enqueue(traced("producer", &redis, &sink, "test-producer"), queue, "demo", "{}", 40);
-    let mut conn = redis.conn();
+    enqueue(fx.producer(), queue, "demo", "{}", 40);
+    let mut conn = fx.conn();
     wait_until(Duration::from_secs(30), "every job done", || done_counts(&mut conn, queue).len() == 40);
     for (worker, addr) in workers.iter().zip(&addrs) {
         let local = std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()));
@@ -148,16 +142,13 @@ fn a_listen_address_given_explicitly_that_is_taken_is_an_error_in_one_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_is_one_json_line_and_its_dead_entry_keeps_the_message() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "panics";
-    let mut cmd = consumer(&redis, &sink, queue, "w", &["--max-attempts", "2", "--retry-base-delay", "10ms"]);
+    let mut cmd = fx.consumer(queue, "w", &["--max-attempts", "2", "--retry-base-delay", "10ms"]);
     cmd.env("RUST_BACKTRACE", "1");
-    let worker = Service::spawn(cmd, logs.path(), "w");
-    let job = enqueue(traced("producer", &redis, &sink, "test-producer"), queue, "demo", r#"{"panic":"boom 42"}"#, 1)
-        .remove(0);
-    let mut conn = redis.conn();
+    let worker = fx.spawn(cmd, "w");
+    let job = enqueue(fx.producer(), queue, "demo", r#"{"panic":"boom 42"}"#, 1).remove(0);
+    let mut conn = fx.conn();
     wait_until(Duration::from_secs(20), "the job to die", || !dead_entries(&mut conn, queue).is_empty());
     let dead = dead_entries(&mut conn, queue).remove(0);
     assert_eq!(dead.get("dead.reason").map(String::as_str), Some("max_attempts"));

@@ -165,12 +165,10 @@ async fn a_wrong_ca_is_one_clear_log_line_and_the_jobs_still_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn json_log_lines_carry_trace_id_and_span_id_at_top_level() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "json-ids";
-    let consumer = Service::spawn(consumer(&redis, &sink, queue, "c1", &[]), logs.path(), "consumer");
-    let job = enqueue(traced("producer", &redis, &sink, "test-producer"), queue, "no-such-kind", "{}", 1).remove(0);
+    let consumer = fx.spawn(fx.consumer(queue, "c1", &[]), "consumer");
+    let job = enqueue(fx.producer(), queue, "no-such-kind", "{}", 1).remove(0);
 
     let mut line = None;
     wait_until(SPAN_WAIT, "the consumer's dead-letter warning", || {
@@ -184,14 +182,15 @@ async fn json_log_lines_carry_trace_id_and_span_id_at_top_level() {
     assert!(line.get("openTelemetry").is_none(), "no nested ids: {line}");
 
     // The span id is the `process` span's, the one the warning was logged in.
-    let spans = sink
+    let spans = fx
+        .sink
         .wait_for(SPAN_WAIT, |spans| !named(spans, &job.trace_id, &format!("process {queue}")).is_empty())
         .await
         .expect("the process span");
     assert_eq!(named(&spans, &job.trace_id, &format!("process {queue}"))[0].span_id, span_id);
 
     // Lines outside any span have neither field.
-    let log = terminate(consumer, logs.path(), "consumer");
+    let log = terminate(consumer, fx.logs.path(), "consumer");
     let outside = json_lines(&log).into_iter().find(|l| l["message"].as_str().is_some_and(|m| m.contains("serving")));
     if let Some(outside) = outside {
         assert!(outside.get("trace_id").is_none(), "{outside}");

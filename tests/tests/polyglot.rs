@@ -46,11 +46,10 @@ fn one<'a>(spans: &'a [ReceivedSpan], trace_id: &str, name: &str, service: &str)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_worker_continues_the_rust_producers_trace() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let jobs = enqueue(traced("producer", &redis, &sink, "rust-producer"), "poly", "py-demo", r#"{"n":1}"#, 3);
+    let fx = Fixture::start().await;
+    let jobs = enqueue(traced("producer", &fx.redis, &fx.sink, "rust-producer"), "poly", "py-demo", r#"{"n":1}"#, 3);
 
-    let mut worker = python("worker.py", &redis, &sink, "python-worker")
+    let mut worker = python("worker.py", &fx.redis, &fx.sink, "python-worker")
         .args(["--queue", "poly", "--count", "3"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -65,11 +64,12 @@ async fn a_python_worker_continues_the_rust_producers_trace() {
     std::io::Read::read_to_string(worker.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(status.unwrap().success(), "the Python worker failed: {stderr}");
     assert!(stderr.contains("acknowledged 3 jobs"), "{stderr}");
-    let mut conn = redis.conn();
+    let mut conn = fx.conn();
     assert_eq!(pending(&mut conn, "poly", "workers"), 0, "every job acknowledged");
 
     let steps = ["http-request", "load-data", "process-data", "save-data"];
-    let spans = sink
+    let spans = fx
+        .sink
         .wait_for(Duration::from_secs(20), |spans| {
             jobs.iter().all(|job| {
                 named(spans, &job.trace_id, "save-data").len() == 1
@@ -93,10 +93,8 @@ async fn a_python_worker_continues_the_rust_producers_trace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rust_consumer_continues_a_python_producers_trace() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let out = python("producer.py", &redis, &sink, "python-producer")
+    let fx = Fixture::start().await;
+    let out = python("producer.py", &fx.redis, &fx.sink, "python-producer")
         .args(["--queue", "poly", "--kind", "noop", "--payload", r#"{"from":"python"}"#, "--count", "3"])
         .output()
         .expect("python3 runs");
@@ -108,10 +106,11 @@ async fn the_rust_consumer_continues_a_python_producers_trace() {
         .collect();
     assert_eq!(jobs.len(), 3);
 
-    let _worker = Service::spawn(consumer(&redis, &sink, "poly", "rust", &[]), logs.path(), "rust");
-    let mut conn = redis.conn();
+    let _worker = fx.spawn(fx.consumer("poly", "rust", &[]), "rust");
+    let mut conn = fx.conn();
     wait_until(Duration::from_secs(30), "3 jobs done", || done_counts(&mut conn, "poly").len() == 3);
-    let spans = sink
+    let spans = fx
+        .sink
         .wait_for(Duration::from_secs(20), |spans| {
             jobs.iter().all(|(_, trace)| {
                 named(spans, trace, "process poly").len() == 1 && named(spans, trace, "send poly").len() == 1

@@ -41,7 +41,7 @@ fn json(text: &str) -> serde_json::Value {
 /// The payload field of the only entry of a queue's stream.
 fn stored_payloads(conn: &mut redis::Connection, queue: &str) -> Vec<String> {
     let reply: redis::streams::StreamRangeReply =
-        redis::cmd("XRANGE").arg(format!("jobstream:{{{queue}}}")).arg("-").arg("+").query(conn).unwrap();
+        redis::cmd("XRANGE").arg(keys(queue).stream).arg("-").arg("+").query(conn).unwrap();
     reply.ids.into_iter().map(|e| jobstream::admin::lossy(e.map).remove("payload").unwrap()).collect()
 }
 
@@ -84,7 +84,7 @@ fn enqueue_takes_a_600_kib_payload_from_a_file_or_stdin_and_refuses_one_over_the
     let lines = stderr_lines(&out);
     assert_eq!(lines.len(), 1, "one line: {lines:?}");
     assert!(lines[0].contains(&payload.len().to_string()) && lines[0].contains("100000"), "{lines:?}");
-    assert_eq!(xlen(&mut conn, "jobstream:{big}"), 3, "nothing more enqueued");
+    assert_eq!(xlen(&mut conn, &keys("big").stream), 3, "nothing more enqueued");
 
     // A missing file is a failure in one line; --payload and --payload-file together are bad usage.
     let out =
@@ -117,7 +117,7 @@ fn stats_show_each_consumer_and_the_last_minute_rates_in_text_and_json() {
     assert!(out.status.success());
     wait_until(Duration::from_secs(30), "every job done or dead", || {
         done_counts(&mut conn, "rates").len() == 40
-            && xlen(&mut conn, "jobstream:{rates}:dead") == 1
+            && xlen(&mut conn, &keys("rates").dead) == 1
             && pending(&mut conn, "rates", "workers") == 0
     });
     assert_eq!(worker.terminate(), Some(0));
@@ -130,7 +130,7 @@ fn stats_show_each_consumer_and_the_last_minute_rates_in_text_and_json() {
         .arg("COUNT")
         .arg(2)
         .arg("STREAMS")
-        .arg("jobstream:{rates}")
+        .arg(&keys("rates").stream)
         .arg(">")
         .query(&mut conn)
         .unwrap();

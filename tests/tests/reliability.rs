@@ -24,18 +24,13 @@ fn report(test: &str, jobs: usize, done: &std::collections::HashMap<String, u64>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_killed_with_sigkill_loses_no_job() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "crash";
     let flags = ["--concurrency", "64", "--visibility-timeout", "1s", "--demo-latency-scale", "0.05"];
-    let mut workers: Vec<_> = (0..3)
-        .map(|i| {
-            Service::spawn(consumer(&redis, &sink, queue, &format!("w{i}"), &flags), logs.path(), &format!("w{i}"))
-        })
-        .collect();
-    let jobs = enqueue(producer(&redis, &sink), queue, "demo", "{}", 3000);
-    let mut conn = redis.conn();
+    let mut workers: Vec<_> =
+        (0..3).map(|i| fx.spawn(fx.consumer(queue, &format!("w{i}"), &flags), &format!("w{i}"))).collect();
+    let jobs = enqueue(producer(&fx.redis, &fx.sink), queue, "demo", "{}", 3000);
+    let mut conn = fx.conn();
     wait_until(Duration::from_secs(60), "a third of the jobs to finish", || {
         done_counts(&mut conn, queue).len() >= 1000
     });
@@ -53,7 +48,7 @@ async fn a_worker_killed_with_sigkill_loses_no_job() {
     assert_eq!(pending(&mut conn, queue, "workers"), 0, "nothing left pending");
     assert!(victim_pending > 0, "the victim died with jobs in flight");
     assert!(extra <= 64 * 2, "duplicates are bounded by what the dead worker held: {extra}");
-    let spans = sink.spans();
+    let spans = fx.sink.spans();
     assert!(
         spans.iter().any(|s| s.attr("jobstream.reclaimed_from") == Some("w0")),
         "reclaimed jobs say whose they were"
@@ -62,20 +57,18 @@ async fn a_worker_killed_with_sigkill_loses_no_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_under_load_finishes_running_jobs_and_loses_none() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "drain";
     let flags = ["--concurrency", "16", "--demo-latency-scale", "0.5"];
-    let stopping = Service::spawn(consumer(&redis, &sink, queue, "stopping", &flags), logs.path(), "stopping");
-    let jobs = enqueue(producer(&redis, &sink), queue, "demo", "{}", 400);
-    let mut conn = redis.conn();
+    let stopping = fx.spawn(fx.consumer(queue, "stopping", &flags), "stopping");
+    let jobs = enqueue(producer(&fx.redis, &fx.sink), queue, "demo", "{}", 400);
+    let mut conn = fx.conn();
     wait_until(Duration::from_secs(60), "some jobs to finish", || done_counts(&mut conn, queue).len() >= 50);
     assert!(pending(&mut conn, queue, "workers") > 0, "jobs are running when SIGTERM arrives");
     assert_eq!(stopping.terminate(), Some(0), "a drained worker exits 0");
     assert_eq!(pending(&mut conn, queue, "workers"), 0, "the stopped worker finished and acknowledged all it held");
 
-    let other = Service::spawn(consumer(&redis, &sink, queue, "other", &flags), logs.path(), "other");
+    let other = fx.spawn(fx.consumer(queue, "other", &flags), "other");
     wait_until(Duration::from_secs(60), "every job to finish", || done_counts(&mut conn, queue).len() == jobs.len());
     assert_eq!(other.terminate(), Some(0));
     let done = done_counts(&mut conn, queue);
@@ -85,22 +78,21 @@ async fn sigterm_under_load_finishes_running_jobs_and_loses_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_slower_than_the_visibility_timeout_is_not_stolen_from_a_live_worker() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "slow";
     // Each demo job takes about 2.1 s here, four times the visibility timeout.
     let flags = ["--concurrency", "1", "--visibility-timeout", "500ms", "--demo-latency-scale", "15"];
-    let a = Service::spawn(consumer(&redis, &sink, queue, "a", &flags), logs.path(), "a");
-    let b = Service::spawn(consumer(&redis, &sink, queue, "b", &flags), logs.path(), "b");
-    let jobs = enqueue(producer(&redis, &sink), queue, "demo", "{}", 3);
-    let mut conn = redis.conn();
+    let a = fx.spawn(fx.consumer(queue, "a", &flags), "a");
+    let b = fx.spawn(fx.consumer(queue, "b", &flags), "b");
+    let jobs = enqueue(producer(&fx.redis, &fx.sink), queue, "demo", "{}", 3);
+    let mut conn = fx.conn();
     wait_until(Duration::from_secs(60), "the slow jobs to finish", || done_counts(&mut conn, queue).len() == 3);
     assert_eq!(a.terminate(), Some(0));
     assert_eq!(b.terminate(), Some(0));
     let done = done_counts(&mut conn, queue);
     assert!(jobs.iter().all(|j| done.get(&j.job_id) == Some(&1)), "each slow job ran once: {done:?}");
-    let spans = sink
+    let spans = fx
+        .sink
         .wait_for(Duration::from_secs(10), |s| s.iter().filter(|s| s.name == "process slow").count() >= 3)
         .await
         .unwrap();
@@ -110,21 +102,19 @@ async fn a_job_slower_than_the_visibility_timeout_is_not_stolen_from_a_live_work
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn always_failing_jobs_back_off_then_go_to_the_dead_stream() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "doomed";
     let flags =
         ["--demo-failure-rate", "1", "--max-attempts", "3", "--retry-base-delay", "200ms", "--retry-max-delay", "10s"];
-    let worker = Service::spawn(consumer(&redis, &sink, queue, "w", &flags), logs.path(), "w");
-    let jobs = enqueue(producer(&redis, &sink), queue, "demo", r#"{"n":1}"#, 2);
-    let mut conn = redis.conn();
-    let dead_key = format!("jobstream:{{{queue}}}:dead");
+    let worker = fx.spawn(fx.consumer(queue, "w", &flags), "w");
+    let jobs = enqueue(producer(&fx.redis, &fx.sink), queue, "demo", r#"{"n":1}"#, 2);
+    let mut conn = fx.conn();
+    let dead_key = keys(queue).dead;
     wait_until(Duration::from_secs(30), "both jobs to be dead-lettered", || xlen(&mut conn, &dead_key) == 2);
     assert_eq!(worker.terminate(), Some(0));
     assert!(done_counts(&mut conn, queue).is_empty(), "no attempt succeeded");
     assert_eq!(pending(&mut conn, queue, "workers"), 0);
-    let delayed: u64 = redis::cmd("ZCARD").arg(format!("jobstream:{{{queue}}}:delayed")).query(&mut conn).unwrap();
+    let delayed: u64 = redis::cmd("ZCARD").arg(keys(queue).delayed).query(&mut conn).unwrap();
     assert_eq!(delayed, 0, "nothing left scheduled");
 
     let dead = dead_entries(&mut conn, queue);
@@ -139,7 +129,8 @@ async fn always_failing_jobs_back_off_then_go_to_the_dead_stream() {
         assert!(entry["traceparent"].contains(&job.trace_id), "the original trace context is kept");
     }
 
-    let spans = sink
+    let spans = fx
+        .sink
         .wait_for(Duration::from_secs(10), |s| s.iter().filter(|s| s.name == "process doomed").count() == 6)
         .await
         .unwrap_or_else(|p| {
@@ -173,14 +164,15 @@ async fn always_failing_jobs_back_off_then_go_to_the_dead_stream() {
     }
 
     // Replay both; a worker that no longer fails runs them, and each new trace links to the old one.
-    let replay = producer(&redis, &sink).args(["dead", "replay", "--all", "--queue", queue]).output().unwrap();
+    let replay = producer(&fx.redis, &fx.sink).args(["dead", "replay", "--all", "--queue", queue]).output().unwrap();
     assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
     assert_eq!(String::from_utf8_lossy(&replay.stdout).lines().count(), 2);
     assert_eq!(xlen(&mut conn, &dead_key), 0, "replayed entries leave the dead stream");
-    let healthy = Service::spawn(consumer(&redis, &sink, queue, "healthy", &[]), logs.path(), "healthy");
+    let healthy = fx.spawn(fx.consumer(queue, "healthy", &[]), "healthy");
     wait_until(Duration::from_secs(30), "the replayed jobs to run", || done_counts(&mut conn, queue).len() == 2);
     assert_eq!(healthy.terminate(), Some(0));
-    let spans = sink
+    let spans = fx
+        .sink
         .wait_for(Duration::from_secs(10), |s| {
             s.iter().filter(|s| s.name == "process doomed" && s.status != "error").count() == 2
         })
@@ -204,20 +196,18 @@ async fn always_failing_jobs_back_off_then_go_to_the_dead_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stats_report_length_lag_pending_and_dead() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "counted";
-    let worker = Service::spawn(consumer(&redis, &sink, queue, "w", &[]), logs.path(), "w");
-    let mut conn = redis.conn();
+    let worker = fx.spawn(fx.consumer(queue, "w", &[]), "w");
+    let mut conn = fx.conn();
     let bad: Vec<(&str, &[u8])> = vec![("v", b"7")];
     xadd_raw(&mut conn, queue, &bad);
-    let dead_key = format!("jobstream:{{{queue}}}:dead");
+    let dead_key = keys(queue).dead;
     wait_until(Duration::from_secs(30), "the bad entry to die", || xlen(&mut conn, &dead_key) == 1);
     assert_eq!(worker.terminate(), Some(0));
-    enqueue(producer(&redis, &sink), queue, "noop", "{}", 3);
+    enqueue(producer(&fx.redis, &fx.sink), queue, "noop", "{}", 3);
 
-    let out = producer(&redis, &sink).args(["stats", "--json", "--queue", queue]).output().unwrap();
+    let out = producer(&fx.redis, &fx.sink).args(["stats", "--json", "--queue", queue]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stats["length"], 4, "{stats}");
@@ -227,25 +217,23 @@ async fn stats_report_length_lag_pending_and_dead() {
     assert_eq!(stats["groups"][0]["lag"], 3, "three jobs not yet delivered");
     assert_eq!(stats["groups"][0]["pending"], 0);
 
-    let list = producer(&redis, &sink).args(["dead", "list", "--queue", queue]).output().unwrap();
+    let list = producer(&fx.redis, &fx.sink).args(["dead", "list", "--queue", queue]).output().unwrap();
     let line = String::from_utf8(list.stdout).unwrap();
     assert!(line.contains("undecodable"), "{line}");
-    let purge = producer(&redis, &sink).args(["dead", "purge", "--queue", queue]).output().unwrap();
+    let purge = producer(&fx.redis, &fx.sink).args(["dead", "purge", "--queue", queue]).output().unwrap();
     assert!(!purge.status.success(), "purge without --yes refuses");
     assert_eq!(xlen(&mut conn, &dead_key), 1);
-    let purge = producer(&redis, &sink).args(["dead", "purge", "--yes", "--queue", queue]).output().unwrap();
+    let purge = producer(&fx.redis, &fx.sink).args(["dead", "purge", "--yes", "--queue", queue]).output().unwrap();
     assert!(purge.status.success());
     assert_eq!(xlen(&mut conn, &dead_key), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_entries_are_dead_lettered_or_run_and_never_crash_the_worker() {
-    let redis = RedisServer::start();
-    let sink = OtlpSink::start().await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    let fx = Fixture::start().await;
     let queue = "garbage";
-    let worker = Service::spawn(consumer(&redis, &sink, queue, "w", &[]), logs.path(), "w");
-    let mut conn = redis.conn();
+    let worker = fx.spawn(fx.consumer(queue, "w", &[]), "w");
+    let mut conn = fx.conn();
     let with = |changes: &[(&str, &str)], drop: &[&str]| -> Vec<(String, String)> {
         let mut fields: Vec<(String, String)> =
             job_fields("noop").into_iter().filter(|(k, _)| !drop.contains(&k.as_str())).collect();
@@ -280,11 +268,11 @@ async fn malformed_entries_are_dead_lettered_or_run_and_never_crash_the_worker()
     ];
     let expected_dead = cases.iter().filter(|c| c.2.is_some()).count();
     let expected_done = cases.len() - expected_dead;
-    let dead_key = format!("jobstream:{{{queue}}}:dead");
+    let dead_key = keys(queue).dead;
     wait_until(Duration::from_secs(30), "bad entries dead-lettered and good ones done", || {
         xlen(&mut conn, &dead_key) as usize == expected_dead && done_counts(&mut conn, queue).len() == expected_done
     });
-    let good = enqueue(producer(&redis, &sink), queue, "noop", "{}", 1);
+    let good = enqueue(producer(&fx.redis, &fx.sink), queue, "noop", "{}", 1);
     wait_until(Duration::from_secs(30), "a good job after the garbage", || {
         done_counts(&mut conn, queue).contains_key(&good[0].job_id)
     });
@@ -310,7 +298,8 @@ async fn malformed_entries_are_dead_lettered_or_run_and_never_crash_the_worker()
         raw.iter().find(|(_, f)| f.iter().any(|(k, v)| k == "dead.source_id" && v == cases[5].1.as_bytes())).unwrap();
     assert!(not_utf8.iter().any(|(k, v)| k == "payload" && v == &[0xff, 0xfe]), "raw bytes kept byte for byte");
 
-    let spans = sink
+    let spans = fx
+        .sink
         .wait_for(Duration::from_secs(10), |s| s.iter().filter(|s| s.name == "process garbage").count() >= cases.len())
         .await
         .unwrap();

@@ -85,10 +85,10 @@ async fn the_whole_flow_runs_over_tls_as_a_least_privilege_user() {
     let mut conn = redis.conn();
     // Runs are recorded before their (batched) acknowledgement: wait for both.
     wait_until(Duration::from_secs(60), "every job done or dead, and acknowledged", || {
-        done_counts(&mut conn, "secure").len() as u64 + xlen(&mut conn, "jobstream:{secure}:dead") == 40
+        done_counts(&mut conn, "secure").len() as u64 + xlen(&mut conn, &keys("secure").dead) == 40
             && pending(&mut conn, "secure", "workers") == 0
     });
-    let dead = xlen(&mut conn, "jobstream:{secure}:dead");
+    let dead = xlen(&mut conn, &keys("secure").dead);
     assert!(
         dead > 0 && dead < 40,
         "with half the attempts failing and 2 attempts each, about a quarter die: {dead} dead"
@@ -109,7 +109,7 @@ async fn the_whole_flow_runs_over_tls_as_a_least_privilege_user() {
     assert!(!named(&spans, &jobs[0].trace_id, "send secure").is_empty());
 
     // The user can do nothing else.
-    for denied in [&["FLUSHALL"][..], &["GET", "jobstream:{other}"], &["KEYS", "*"], &["CONFIG", "GET", "*"]] {
+    for denied in [&["FLUSHALL"][..], &["GET", &keys("other").stream], &["KEYS", "*"], &["CONFIG", "GET", "*"]] {
         let reply: String =
             redis::cmd("ACL").arg("DRYRUN").arg("worker").arg(denied).query(&mut conn).unwrap_or_default();
         assert!(reply.contains("no permissions"), "{denied:?} allowed: {reply}");
