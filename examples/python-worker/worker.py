@@ -3,7 +3,10 @@
 the standard OpenTelemetry propagator, straight from the stream entry's fields.
 
     REDIS_URL=redis://127.0.0.1:6379 OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 \\
-        python3 worker.py --queue emails --kind send-email
+        python3 worker.py --queue jobs [--group workers] [--count N]
+
+It runs the kinds `demo`, `noop` and `py-demo` (HANDLERS in worker.py; there is no --kind option: add a handler
+there for a kind of your own).
 
 It reads as one consumer of the queue's consumer group (XREADGROUP), opens a CONSUMER span `process <Q>` whose
 parent is the context extracted from the entry (traceparent, tracestate, baggage), runs the handler for the
