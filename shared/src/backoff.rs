@@ -1,4 +1,6 @@
-//! Exponential back-off with full jitter, for reconnecting to Redis without a busy loop or a thundering herd.
+//! Exponential back-off with equal jitter (each delay drawn from `[d/2, d]`, not full jitter's `[0, d]`): the
+//! worker's loops retry Redis with it after an error (reads, acks, promotion of due retries) without a busy
+//! loop or a thundering herd, and [`crate::retry::RetryPolicy`] spaces a failed job's attempts with [`jittered`].
 
 use std::time::Duration;
 
