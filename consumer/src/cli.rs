@@ -5,6 +5,8 @@ use std::time::Duration;
 use clap::Parser;
 use jobstream::config::{duration_between, QueueArgs, RedisArgs};
 use jobstream::retry::parse_kind_attempts;
+use jobstream::retry::RetryPolicy;
+use jobstream::WorkerConfig;
 use jobstream::{GroupName, TraceMode};
 
 /// jobstream worker pool: reads jobs from a Redis stream as one consumer of a consumer group, runs each inside
@@ -132,6 +134,32 @@ impl Cli {
             ));
         }
         Ok(())
+    }
+
+    /// The worker's configuration from these flags, for the consumer named `consumer`.
+    pub fn worker_config(&self, consumer: String) -> WorkerConfig {
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        let mut config = WorkerConfig::named(consumer);
+        config.group = self.group.clone();
+        config.concurrency = self.concurrency as usize;
+        config.batch_size = self.batch_size as usize;
+        config.block = self.block;
+        config.shutdown_grace = self.shutdown_grace;
+        config.limits = self.queue.limits();
+        config.dead_maxlen = self.dead_maxlen;
+        config.visibility_timeout = self.visibility_timeout;
+        config.max_deliveries = self.max_deliveries;
+        config.trace_mode = self.trace_mode;
+        config.retention = nonzero(self.retention);
+        config.dead_retention = nonzero(self.dead_retention);
+        config.remove_idle_consumers_after = self.idle_consumer_bound();
+        config.retry = RetryPolicy {
+            max_attempts: self.max_attempts,
+            base_delay: self.retry_base_delay,
+            max_delay: self.retry_max_delay,
+            max_attempts_by_kind: self.max_attempts_for.iter().cloned().collect(),
+        };
+        config
     }
 
     /// How long a consumer holding nothing may stay idle before it is removed from the group; `None` never.

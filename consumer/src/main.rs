@@ -7,14 +7,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use jobstream::retry::RetryPolicy;
 use jobstream::worker::default_consumer_name;
 use std::sync::Arc;
 
 use jobstream::connection::Pool;
 use jobstream::health::{self, HealthState};
 use jobstream::metrics::Metrics;
-use jobstream::{telemetry, Handlers, JobKind, Keys, Producer, Worker, WorkerConfig};
+use jobstream::{telemetry, Handlers, JobKind, Producer, Worker};
 use tokio_util::sync::CancellationToken;
 
 use crate::kinds::demo::{Demo, DemoSettings};
@@ -85,28 +84,23 @@ async fn serve_health(
     anyhow::bail!("no free port to serve /healthz, /readyz and /metrics on")
 }
 
-/// The shipped job kinds, writing their records under `keys` (one partition's), the `done` hash kept for
-/// `demo.done_retention`.
-fn handlers(pool: &Pool, keys: &Keys, demo: DemoSettings, limits: jobstream::Limits) -> anyhow::Result<Handlers> {
-    let producer = Producer::new(pool.clone(), keys.clone(), limits);
+/// The shipped job kinds: their records go next to the queue (partition) each job came from; follow-up jobs
+/// of `fanout` go through `producer`.
+fn handlers(pool: &Pool, prefix: &str, producer: Producer, demo: DemoSettings) -> anyhow::Result<Handlers> {
     let retention = demo.done_retention;
     Ok(Handlers::new()
-        .register(JobKind::parse("demo")?, Demo::new(pool.clone(), keys.clone(), demo))
-        .register(JobKind::parse("noop")?, Noop::new(pool.clone(), keys.clone(), retention))
-        .register(JobKind::parse("fanout")?, Fanout::new(pool.clone(), keys.clone(), producer, retention)))
+        .register(JobKind::parse("demo")?, Demo::new(pool.clone(), prefix, demo))
+        .register(JobKind::parse("noop")?, Noop::new(pool.clone(), prefix, retention))
+        .register(JobKind::parse("fanout")?, Fanout::new(pool.clone(), prefix, producer, retention)))
 }
 
 async fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    let queue = cli.queue.queue()?;
     let partitions = cli.queue.partition_keys()?;
-    let limits = cli.queue.limits();
     let consumer = cli.consumer.clone().unwrap_or_else(default_consumer_name);
-    // One worker per partition; each runs its share of --concurrency.
-    let concurrency = (cli.concurrency as usize).div_ceil(partitions.len()).max(1);
     let pool_size = (cli.concurrency as usize).clamp(2, 64) + 2 * partitions.len();
     let pool = cli.redis.pool(pool_size, cli.block + Duration::from_secs(5)).context("Redis connection")?;
     let shutdown = jobstream::shutdown::on_signals()?;
-    // Refuse to start on a queue recorded with another partition count: jobs would be stranded unread.
-    cli.queue.partition_record()?.check_at_start(&pool, &shutdown).await?;
 
     let demo = DemoSettings {
         latency_scale: cli.demo_latency_scale,
@@ -115,27 +109,9 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         done_retention: (!cli.retention.is_zero()).then_some(cli.retention),
         consumer: consumer.clone(),
     };
-
-    let mut config = WorkerConfig::new(consumer);
-    config.remove_idle_consumers_after = cli.idle_consumer_bound();
-    config.group = cli.group;
-    config.concurrency = concurrency;
-    config.batch_size = cli.batch_size as usize;
-    config.block = cli.block;
-    config.shutdown_grace = cli.shutdown_grace;
-    config.limits = limits;
-    config.dead_maxlen = cli.dead_maxlen;
-    config.visibility_timeout = cli.visibility_timeout;
-    config.max_deliveries = cli.max_deliveries;
-    config.trace_mode = cli.trace_mode;
-    config.retention = (!cli.retention.is_zero()).then_some(cli.retention);
-    config.dead_retention = (!cli.dead_retention.is_zero()).then_some(cli.dead_retention);
-    config.retry = RetryPolicy {
-        max_attempts: cli.max_attempts,
-        base_delay: cli.retry_base_delay,
-        max_delay: cli.retry_max_delay,
-        max_attempts_by_kind: cli.max_attempts_for.into_iter().collect(),
-    };
+    let config = cli.worker_config(consumer);
+    let producer = Producer::new(pool.clone(), &queue).with_limits(config.limits);
+    let handlers = handlers(&pool, queue.prefix(), producer, demo)?;
     let metrics = Arc::new(Metrics::new());
     let stop_serving = CancellationToken::new();
     let health = HealthState {
@@ -146,26 +122,8 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         draining: shutdown.clone(),
     };
     let server = serve_health(cli.listen, health::router(health), stop_serving.clone()).await?;
-    let mut workers = tokio::task::JoinSet::new();
-    for keys in partitions {
-        let handlers = handlers(&pool, &keys, demo.clone(), limits)?;
-        let worker = Worker::new(pool.clone(), keys, handlers, config.clone()).with_metrics(metrics.clone());
-        workers.spawn(worker.run(shutdown.clone()));
-    }
-    let mut result = Ok(());
-    while let Some(finished) = workers.join_next().await {
-        match finished {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                shutdown.cancel();
-                result = Err(anyhow::Error::from(e));
-            }
-            Err(e) => {
-                shutdown.cancel();
-                result = Err(anyhow::anyhow!("a worker task failed: {e}"));
-            }
-        }
-    }
+    let worker = Worker::new(pool.clone(), &queue, handlers, config)?.with_metrics(metrics.clone());
+    let result = worker.run(shutdown.clone()).await.map_err(anyhow::Error::from);
     stop_serving.cancel();
     let _ = server.await;
     result

@@ -10,11 +10,12 @@ use jobstream::config::{QueueArgs, RedisArgs};
 use crate::cli::{DeadCommand, StatsArgs};
 use crate::usage;
 
-async fn connect(redis: &RedisArgs) -> anyhow::Result<jobstream::connection::Connection> {
+async fn connect(redis: &RedisArgs) -> anyhow::Result<jobstream::connection::Pool> {
     let pool = redis.pool(1, Duration::from_secs(10))?;
-    pool.get()
+    pool.ping()
         .await
-        .with_context(|| format!("cannot reach Redis at {}", jobstream::connection::redact(&redis.redis_url)))
+        .with_context(|| format!("cannot reach Redis at {}", jobstream::connection::redact(&redis.redis_url)))?;
+    Ok(pool)
 }
 
 /// The queue's numbers as text, or as one JSON object (`--json`): a queue of one partition is its
@@ -22,12 +23,12 @@ async fn connect(redis: &RedisArgs) -> anyhow::Result<jobstream::connection::Con
 pub async fn stats(args: StatsArgs) -> anyhow::Result<()> {
     let record = args.queue.partition_record().map_err(usage)?;
     let partitions = args.queue.partition_keys().map_err(usage)?;
-    let mut conn = connect(&args.redis).await?;
+    let conn = connect(&args.redis).await?;
     // Read-only: a count other than the recorded one would show empty partitions, not the queue's.
-    record.check(&mut conn).await?;
+    record.check(&conn).await?;
     let mut all = Vec::with_capacity(partitions.len());
     for keys in &partitions {
-        all.push(admin::stats(&mut conn, keys).await?);
+        all.push(admin::stats(&conn, keys).await?);
     }
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -84,8 +85,8 @@ pub async fn dead(command: DeadCommand) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match command {
         DeadCommand::List { redis, queue, count, from, json } => {
-            let (mut conn, keys) = open(&redis, &queue).await?;
-            for entry in admin::dead_list(&mut conn, &keys, &from, count).await? {
+            let (conn, keys) = open(&redis, &queue).await?;
+            for entry in admin::dead_list(&conn, &keys, &from, count).await? {
                 if json {
                     writeln!(out, "{}", serde_json::to_string(&entry)?)?;
                 } else {
@@ -104,19 +105,19 @@ pub async fn dead(command: DeadCommand) -> anyhow::Result<()> {
             }
         }
         DeadCommand::Show { redis, queue, dead_id } => {
-            let (mut conn, keys) = open(&redis, &queue).await?;
-            match admin::dead_show(&mut conn, &keys, &dead_id).await? {
+            let (conn, keys) = open(&redis, &queue).await?;
+            match admin::dead_show(&conn, &keys, &dead_id).await? {
                 Some(entry) => writeln!(out, "{}", serde_json::to_string_pretty(&entry)?)?,
                 None => bail!("no dead entry {dead_id} in queue {}", keys.queue()),
             }
         }
         DeadCommand::Replay { redis, queue, all, dead_ids } => {
-            let (mut conn, keys) = open(&redis, &queue).await?;
+            let (conn, keys) = open(&redis, &queue).await?;
             let ids = if all {
                 let mut ids = Vec::new();
                 let mut from = "-".to_owned();
                 loop {
-                    let page = admin::dead_list(&mut conn, &keys, &from, 1000).await?;
+                    let page = admin::dead_list(&conn, &keys, &from, 1000).await?;
                     let Some(last) = page.last() else { break };
                     from = format!("({}", last.dead_id);
                     ids.extend(page.into_iter().map(|e| e.dead_id));
@@ -127,7 +128,7 @@ pub async fn dead(command: DeadCommand) -> anyhow::Result<()> {
             };
             let mut failed = 0;
             for id in ids {
-                match admin::replay(&mut conn, &keys, &id).await {
+                match admin::replay(&conn, &keys, &id).await {
                     Ok(r) => writeln!(out, "{} -> {} {}", r.dead_id, r.message_id, r.job_id)?,
                     Err(e) => {
                         failed += 1;
@@ -146,18 +147,15 @@ pub async fn dead(command: DeadCommand) -> anyhow::Result<()> {
                     queue.queue
                 )));
             }
-            let (mut conn, keys) = open(&redis, &queue).await?;
-            let n = admin::dead_purge(&mut conn, &keys).await?;
+            let (conn, keys) = open(&redis, &queue).await?;
+            let n = admin::dead_purge(&conn, &keys).await?;
             writeln!(out, "deleted {n} dead jobs")?;
         }
     }
     Ok(())
 }
 
-async fn open(
-    redis: &RedisArgs,
-    queue: &QueueArgs,
-) -> anyhow::Result<(jobstream::connection::Connection, jobstream::Keys)> {
+async fn open(redis: &RedisArgs, queue: &QueueArgs) -> anyhow::Result<(jobstream::connection::Pool, jobstream::Keys)> {
     if queue.partitions > 1 {
         return Err(usage(format!(
             "dead-letter commands act on one partition: name it as the queue (--queue {}:0) without --partitions",

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use jobstream::telemetry::{self, Export, TelemetrySettings};
-use jobstream::{results, Job, Keys, Producer, QueueName};
+use jobstream::{results, Job, Keys, Producer, Queue};
 use jobstream_otlp_sink::{render_trace, OtlpSink};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -40,23 +40,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 async fn demo(args: &DemoArgs, sink: Option<&OtlpSink>) -> anyhow::Result<String> {
-    let queue = QueueName::parse(&format!("demo-{}", jobstream::clock::now_ms()))?;
-    let keys = Keys::new(jobstream::keys::DEFAULT_PREFIX, &queue)?;
+    let queue = Queue::new(&format!("demo-{}", jobstream::clock::now_ms()))?;
+    let keys = Keys::new(queue.prefix(), queue.name())?;
     let pool = args.redis.pool(4, Duration::from_secs(10))?;
-    let mut conn = pool
-        .get()
+    pool.ping()
         .await
         .with_context(|| format!("cannot reach Redis at {}", jobstream::connection::redact(&args.redis.redis_url)))?;
-    redis::cmd("PING").query_async::<String>(&mut conn).await.context("Redis did not answer PING")?;
-    drop(conn);
 
     let log_dir = tempdir()?;
     let mut consumers = spawn_consumers(args, &queue, sink, &log_dir)?;
     eprintln!("started {} consumers on queue {queue} (logs in {})", consumers.len(), log_dir.display());
 
-    let producer = Producer::new(pool.clone(), keys.clone(), jobstream::Limits::default());
+    let producer = Producer::new(pool.clone(), &queue);
     let jobs: Vec<Job> =
-        (0..args.jobs).map(|i| producer.job("demo", &format!(r#"{{"order":{i}}}"#))).collect::<Result<_, _>>()?;
+        (0..args.jobs).map(|i| producer.job("demo", &serde_json::json!({ "order": i }))).collect::<Result<_, _>>()?;
     let started = Instant::now();
     let enqueued = producer.enqueue_batch(jobs).await.context("enqueueing the demo jobs")?;
     let ids: Vec<String> = enqueued.iter().map(|e| e.job_id.to_string()).collect();
@@ -134,7 +131,7 @@ fn consumer_bin(args: &DemoArgs) -> anyhow::Result<PathBuf> {
 
 fn spawn_consumers(
     args: &DemoArgs,
-    queue: &QueueName,
+    queue: &Queue,
     sink: Option<&OtlpSink>,
     logs: &std::path::Path,
 ) -> anyhow::Result<Vec<Child>> {
@@ -144,7 +141,7 @@ fn spawn_consumers(
             let log = std::fs::File::create(logs.join(format!("consumer-{i}.log")))?;
             let mut cmd = Command::new(&bin);
             cmd.arg("--queue")
-                .arg(queue.as_str())
+                .arg(queue.name().as_str())
                 .arg("--consumer")
                 .arg(format!("demo-consumer-{i}"))
                 .arg("--concurrency")
@@ -196,8 +193,7 @@ async fn wait_for_completion(
     let mut dead_cursor = "-".to_owned();
     loop {
         let completion = results::completion(pool, keys, ids).await?;
-        let mut conn = pool.get().await?;
-        for entry in jobstream::admin::dead_list(&mut conn, keys, &dead_cursor, 1000).await? {
+        for entry in jobstream::admin::dead_list(pool, keys, &dead_cursor, 1000).await? {
             dead_cursor = format!("({}", entry.dead_id);
             let field = |name: &str| entry.fields.get(name).map(String::as_str).unwrap_or("");
             if !ours.contains(field("id")) {
@@ -206,7 +202,6 @@ async fn wait_for_completion(
             eprintln!("\rjob {} dead-lettered ({}): {}", field("id"), field("dead.reason"), field("dead.error"));
             dead.insert(field("id").to_owned(), field("attempt").parse().unwrap_or(0));
         }
-        drop(conn);
         eprint!("\r{} of {} jobs done, {} dead-lettered", completion.done, ids.len(), dead.len());
         if completion.missing <= dead.len() || Instant::now() >= deadline {
             eprintln!();
@@ -247,9 +242,7 @@ async fn attempts(
     ids: &[String],
     dead: &HashMap<String, u64>,
 ) -> anyhow::Result<(u64, Option<usize>)> {
-    let mut conn = pool.get().await?;
-    let keys_of: Vec<String> = ids.iter().map(|id| keys.result(id)).collect();
-    let stored: Vec<Option<String>> = redis::cmd("MGET").arg(&keys_of).query_async(&mut conn).await?;
+    let stored = results::stored_results(pool, keys, ids).await?;
     let mut total = dead.values().sum();
     let mut retried = None;
     for (i, result) in stored.iter().enumerate() {
@@ -267,11 +260,5 @@ async fn attempts(
 }
 
 async fn cleanup(pool: &jobstream::connection::Pool, keys: &Keys, ids: &[String]) -> anyhow::Result<()> {
-    let mut conn = pool.get().await?;
-    let mut doomed: Vec<String> = vec![keys.stream.clone(), keys.dead.clone(), keys.delayed.clone(), keys.done.clone()];
-    doomed.extend(ids.iter().map(|id| keys.result(id)));
-    for chunk in doomed.chunks(500) {
-        redis::cmd("DEL").arg(chunk).query_async::<()>(&mut conn).await?;
-    }
-    Ok(())
+    Ok(results::delete_queue(pool, keys, ids).await?)
 }

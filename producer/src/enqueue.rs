@@ -22,20 +22,19 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
     if args.idempotency_key.is_some() && args.count != 1 {
         return Err(usage("--idempotency-key names one job; use it with --count 1"));
     }
-    let keys = args.queue.partition_keys().map_err(usage)?;
     let limit = args.queue.max_payload_bytes;
     let payload = match &args.payload_file {
         Some(path) => read_payload(path, limit)?,
         None => args.payload.clone(),
     };
     let pool = args.redis.pool(2, Duration::from_secs(10))?;
-    let producer = Producer::partitioned(pool, &args.queue.queue, keys, args.queue.limits());
+    let producer = Producer::new(pool, &args.queue.queue().map_err(usage)?).with_limits(args.queue.limits());
     // A job that cannot be built is refused before Redis is asked anything.
-    let first = producer.job(&args.kind, &payload).map_err(job_error)?;
+    let first = producer.job_json(&args.kind, &payload).map_err(job_error)?;
     producer.check_partitions().await?;
     let mut out = std::io::stdout().lock();
     if let Some(key) = &args.idempotency_key {
-        let done = producer.enqueue_once(first, key, args.idempotency_ttl).await?;
+        let done = producer.enqueue_job_once(first, key, args.idempotency_ttl).await?;
         writeln!(out, "{} {}", done.job_id, trace_text(&done))?;
         if done.duplicate {
             eprintln!("idempotency key matched job {}: nothing enqueued", done.job_id);
@@ -45,7 +44,7 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
     let mut left = args.count;
     while left > 0 {
         let n = left.min(BATCH);
-        let jobs = (0..n).map(|_| producer.job(&args.kind, &payload)).collect::<Result<Vec<_>, _>>()?;
+        let jobs = (0..n).map(|_| producer.job_json(&args.kind, &payload)).collect::<Result<Vec<_>, _>>()?;
         let sent = producer.enqueue_batch(jobs).await;
         // A partly refused batch: the jobs Redis took are printed, then the error.
         let done = match &sent {

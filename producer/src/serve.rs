@@ -25,7 +25,7 @@ use jobstream::job::JobError;
 use jobstream::metrics::Metrics;
 use jobstream::partitions::PartitionError;
 use jobstream::propagation::{self, ContextStatus, TraceHeaders};
-use jobstream::{EnqueueError, IdempotencyKey, JobKind, Producer};
+use jobstream::{Error as EnqueueError, IdempotencyKey, JobKind, Producer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tracing::Instrument;
@@ -96,7 +96,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map(|k| JobKind::parse(k))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| usage(format!("--metric-kinds: {e}")))?;
-    let producer = Producer::partitioned(pool.clone(), &args.queue.queue, keys.clone(), args.queue.limits())
+    let producer = Producer::new(pool.clone(), &args.queue.queue().map_err(usage)?)
+        .with_limits(args.queue.limits())
         .with_metrics(metrics.clone())
         .with_metric_kinds(metric_kinds);
     // Refuse to start on a queue recorded with another partition count. If Redis does not answer yet, the
@@ -152,10 +153,10 @@ async fn create_job(State(api): State<Api>, headers: HeaderMap, body: Result<Jso
         let Json(new) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
         let key = idempotency_key(new.idempotency_key.as_deref(), &headers)?;
         let payload = new.payload.as_deref().map_or("{}", RawValue::get);
-        let job = api.producer.job(&new.kind, payload).map_err(job_error)?;
+        let job = api.producer.job_json(&new.kind, payload).map_err(job_error)?;
         let done = match key {
-            Some(key) => api.producer.enqueue_once(job, &key, api.idempotency_ttl).await,
-            None => api.producer.enqueue(job).await,
+            Some(key) => api.producer.enqueue_job_once(job, &key, api.idempotency_ttl).await,
+            None => api.producer.enqueue_job(job).await,
         }
         .map_err(enqueue_error)?;
         let status = if done.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
@@ -236,7 +237,7 @@ fn enqueue_error(e: EnqueueError) -> ApiError {
             tracing::error!(error = %e, "enqueue refused");
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the queue is unavailable: {e}"))
         }
-        EnqueueError::Pool(_) | EnqueueError::Redis(_) | EnqueueError::Partial { .. } => {
+        _ => {
             tracing::warn!(error = %e, "enqueue failed");
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the queue is unavailable: {e}"))
         }

@@ -12,6 +12,7 @@ use redis::aio::ConnectionLike;
 use serde::Serialize;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::connection::Pool;
 use crate::job::{field, fields_from_raw};
 use crate::keys::Keys;
 use crate::propagation::{self, ContextStatus, TraceHeaders};
@@ -73,7 +74,12 @@ pub struct QueueStats {
 /// `last-delivered-id` (one `XRANGE … COUNT 1`). Redis 7.0 can report a lag with nothing unread after an AOF
 /// rewrite and a restart; where the two disagree (nothing follows but lag > 0, or something follows but lag is
 /// 0) the lag is reported unknown (`None`).
-pub async fn stats<C: ConnectionLike>(conn: &mut C, keys: &Keys) -> redis::RedisResult<QueueStats> {
+pub async fn stats(pool: &Pool, keys: &Keys) -> crate::Result<QueueStats> {
+    let mut conn = pool.get().await?;
+    Ok(stats_on(&mut conn, keys).await?)
+}
+
+async fn stats_on<C: ConnectionLike>(conn: &mut C, keys: &Keys) -> redis::RedisResult<QueueStats> {
     let (length, delayed, dead): (u64, u64, u64) = redis::pipe()
         .cmd("XLEN")
         .arg(&keys.stream)
@@ -204,19 +210,15 @@ pub struct DeadEntry {
 }
 
 /// Up to `count` dead entries from `start` (inclusive; `-` for the oldest).
-pub async fn dead_list<C: ConnectionLike>(
-    conn: &mut C,
-    keys: &Keys,
-    start: &str,
-    count: usize,
-) -> redis::RedisResult<Vec<DeadEntry>> {
-    let entries = crate::queue::range(conn, &keys.dead, start, "+", count).await?;
+pub async fn dead_list(pool: &Pool, keys: &Keys, start: &str, count: usize) -> crate::Result<Vec<DeadEntry>> {
+    let mut conn = pool.get().await?;
+    let entries = crate::stream::range(&mut conn, &keys.dead, start, "+", count).await?;
     Ok(entries.into_iter().map(|(dead_id, fields)| DeadEntry { dead_id, fields: lossy_raw(&fields) }).collect())
 }
 
 /// Raw fields as text (invalid UTF-8 replaced), so one entry with bytes in a field name cannot make a whole
 /// page unreadable.
-fn lossy_raw(fields: &crate::queue::RawFields) -> std::collections::BTreeMap<String, String> {
+fn lossy_raw(fields: &crate::stream::RawFields) -> std::collections::BTreeMap<String, String> {
     fields
         .iter()
         .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()))
@@ -224,16 +226,14 @@ fn lossy_raw(fields: &crate::queue::RawFields) -> std::collections::BTreeMap<Str
 }
 
 /// One dead entry by its id in the dead stream.
-pub async fn dead_show<C: ConnectionLike>(
-    conn: &mut C,
-    keys: &Keys,
-    dead_id: &str,
-) -> redis::RedisResult<Option<DeadEntry>> {
-    let entries = crate::queue::range(conn, &keys.dead, dead_id, dead_id, 1).await?;
+pub async fn dead_show(pool: &Pool, keys: &Keys, dead_id: &str) -> crate::Result<Option<DeadEntry>> {
+    let mut conn = pool.get().await?;
+    let entries = crate::stream::range(&mut conn, &keys.dead, dead_id, dead_id, 1).await?;
     Ok(entries.into_iter().next().map(|(dead_id, fields)| DeadEntry { dead_id, fields: lossy_raw(&fields) }))
 }
 
 /// An entry's fields as text (invalid UTF-8 replaced, non-string values in their debug form).
+#[doc(hidden)]
 pub fn lossy(map: HashMap<String, redis::Value>) -> std::collections::BTreeMap<String, String> {
     map.into_iter()
         .map(|(k, v)| {
@@ -244,17 +244,6 @@ pub fn lossy(map: HashMap<String, redis::Value>) -> std::collections::BTreeMap<S
             (k, text)
         })
         .collect()
-}
-
-/// Why a dead entry could not be replayed.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
-    #[error("no dead entry {0}")]
-    NotFound(String),
-    #[error("dead entry {id} cannot run again: {reason}")]
-    NotAJob { id: String, reason: String },
-    #[error(transparent)]
-    Redis(#[from] redis::RedisError),
 }
 
 /// A dead entry put back on the queue.
@@ -270,14 +259,17 @@ pub struct Replayed {
 
 /// Puts one dead entry back on the queue as attempt 1 with a new `send` span linked to its old trace, and
 /// removes it from the dead stream, atomically.
-pub async fn replay<C: ConnectionLike>(conn: &mut C, keys: &Keys, dead_id: &str) -> Result<Replayed, ReplayError> {
-    let (dead_id, raw) = crate::queue::range(conn, &keys.dead, dead_id, dead_id, 1)
+/// Fails with [`crate::Error::NotFound`] when there is no such dead entry, [`crate::Error::NotAJob`] when it
+/// cannot run again.
+pub async fn replay(pool: &Pool, keys: &Keys, dead_id: &str) -> crate::Result<Replayed> {
+    let mut conn = pool.get().await?;
+    let (dead_id, raw) = crate::stream::range(&mut conn, &keys.dead, dead_id, dead_id, 1)
         .await?
         .into_iter()
         .next()
-        .ok_or_else(|| ReplayError::NotFound(dead_id.to_owned()))?;
+        .ok_or_else(|| crate::Error::NotFound(format!("dead entry {dead_id}")))?;
     let dead_id = dead_id.as_str();
-    let not_a_job = |reason: String| ReplayError::NotAJob { id: dead_id.to_owned(), reason };
+    let not_a_job = |reason: String| crate::Error::NotAJob { id: dead_id.to_owned(), reason };
     let mut fields = fields_from_raw(&raw).map_err(|e| not_a_job(e.to_string()))?;
     fields.retain(|name, _| !name.starts_with("dead."));
     let old_trace = TraceHeaders::take_from(&mut fields);
@@ -304,18 +296,37 @@ pub async fn replay<C: ConnectionLike>(conn: &mut C, keys: &Keys, dead_id: &str)
     }
     job.trace = propagation::inject(&span.context()).unwrap_or_default();
     let mut invocation = REPLAY_DEAD.key(&keys.dead);
-    invocation.key(&keys.stream).arg(dead_id).arg(crate::queue::MAX_SCRIPT_VALUES);
+    invocation.key(&keys.stream).arg(dead_id).arg(crate::stream::MAX_SCRIPT_VALUES);
     for (name, value) in job.to_fields() {
         invocation.arg(name).arg(value);
     }
-    let message_id: Option<String> = invocation.invoke_async(conn).await?;
-    let message_id = message_id.ok_or_else(|| ReplayError::NotFound(dead_id.to_owned()))?;
+    let message_id: Option<String> = invocation.invoke_async(&mut conn).await?;
+    let message_id = message_id.ok_or_else(|| crate::Error::NotFound(format!("dead entry {dead_id}")))?;
     Ok(Replayed { dead_id: dead_id.to_owned(), message_id, job_id: job.id.to_string() })
 }
 
+/// Removes acknowledged entries older than `max_age` (never one a group still needs) and dead entries older
+/// than `dead_max_age`, as workers do on their own every few seconds; returns how many each trim removed.
+pub async fn trim(
+    pool: &Pool,
+    keys: &Keys,
+    max_age: Option<std::time::Duration>,
+    dead_max_age: Option<std::time::Duration>,
+) -> crate::Result<(u64, u64)> {
+    let mut conn = pool.get().await?;
+    Ok(crate::stream::trim(&mut conn, keys, max_age, dead_max_age).await?)
+}
+
+/// How many entries the dead stream holds.
+pub async fn dead_len(pool: &Pool, keys: &Keys) -> crate::Result<u64> {
+    let mut conn = pool.get().await?;
+    Ok(redis::cmd("XLEN").arg(&keys.dead).query_async(&mut conn).await?)
+}
+
 /// Deletes the dead stream; returns how many entries it held.
-pub async fn dead_purge<C: ConnectionLike>(conn: &mut C, keys: &Keys) -> redis::RedisResult<u64> {
+pub async fn dead_purge(pool: &Pool, keys: &Keys) -> crate::Result<u64> {
+    let mut conn = pool.get().await?;
     let (len, _): (u64, u64) =
-        redis::pipe().atomic().cmd("XLEN").arg(&keys.dead).cmd("DEL").arg(&keys.dead).query_async(conn).await?;
+        redis::pipe().atomic().cmd("XLEN").arg(&keys.dead).cmd("DEL").arg(&keys.dead).query_async(&mut conn).await?;
     Ok(len)
 }

@@ -77,6 +77,11 @@ pub struct QueueArgs {
 }
 
 impl QueueArgs {
+    /// The queue these flags name.
+    pub fn queue(&self) -> crate::Result<crate::Queue> {
+        crate::Queue::new(self.queue.as_str())?.with_prefix(&self.prefix)?.with_partitions(self.partitions)
+    }
+
     /// The queue's keys.
     pub fn keys(&self) -> Result<Keys, NameError> {
         Keys::new(&self.prefix, &self.queue)
@@ -154,6 +159,23 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// An error and its causes on one line, each cause once (errors that print their source would otherwise repeat
+/// it): how the binaries report a failure, whatever `RUST_BACKTRACE` says.
+pub fn one_line<'a>(chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>) -> String {
+    let mut line = String::new();
+    for cause in chain {
+        let text = cause.to_string();
+        if line.contains(text.trim()) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text.trim());
+    }
+    line.replace('\n', " ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,21 +192,4 @@ mod tests {
         assert!(payload_bytes("1").is_err());
         assert!(payload_bytes(&(MAX_PAYLOAD_LIMIT + 1).to_string()).is_err());
     }
-}
-
-/// An error and its causes on one line, each cause once (errors that print their source would otherwise repeat
-/// it): how the binaries report a failure, whatever `RUST_BACKTRACE` says.
-pub fn one_line<'a>(chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>) -> String {
-    let mut line = String::new();
-    for cause in chain {
-        let text = cause.to_string();
-        if line.contains(text.trim()) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(text.trim());
-    }
-    line.replace('\n', " ")
 }

@@ -18,32 +18,49 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
 
 /// Why a connection could not be had from the pool.
-pub type PoolError = deadpool_redis::PoolError;
+pub(crate) type PoolError = deadpool_redis::PoolError;
 
-/// A pool of connections to one Redis server or to a Redis Cluster. Cheap to clone.
+/// A pool of connections to one Redis server or to a Redis Cluster, made by [`pool`]. Cheap to clone; every
+/// producer, worker and inspector of a process can share one.
 #[derive(Clone)]
-pub enum Pool {
+pub struct Pool(Pools);
+
+#[derive(Clone)]
+enum Pools {
     Single(deadpool_redis::Pool),
     Cluster(deadpool::managed::Pool<ClusterManager>),
 }
 
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("cluster", &self.is_cluster()).finish_non_exhaustive()
+    }
+}
+
 impl Pool {
     /// A connection, waiting for one to be free.
-    pub async fn get(&self) -> Result<Connection, PoolError> {
-        match self {
-            Pool::Single(pool) => pool.get().await.map(Connection::Single),
-            Pool::Cluster(pool) => pool.get().await.map(Connection::Cluster),
+    pub(crate) async fn get(&self) -> Result<Connection, PoolError> {
+        match &self.0 {
+            Pools::Single(pool) => pool.get().await.map(Connection::Single),
+            Pools::Cluster(pool) => pool.get().await.map(Connection::Cluster),
         }
     }
 
     /// Whether the pool talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
-        matches!(self, Pool::Cluster(_))
+        matches!(self.0, Pools::Cluster(_))
+    }
+
+    /// Checks that Redis answers (PING).
+    pub async fn ping(&self) -> crate::Result<()> {
+        let mut conn = self.get().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await?;
+        Ok(())
     }
 }
 
 /// A pooled connection; returns to the pool when dropped.
-pub enum Connection {
+pub(crate) enum Connection {
     Single(deadpool_redis::Connection),
     Cluster(deadpool::managed::Object<ClusterManager>),
 }
@@ -103,10 +120,10 @@ impl deadpool::managed::Manager for ClusterManager {
 /// Why a pool could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("invalid Redis URL {url}: {source}")]
-    InvalidUrl { url: String, source: redis::RedisError },
+    #[error("invalid Redis URL {url}: {reason}")]
+    InvalidUrl { url: String, reason: String },
     #[error("cannot build the Redis connection pool: {0}")]
-    Pool(#[from] deadpool_redis::BuildError),
+    Pool(String),
     #[error("cannot read the Redis CA file {path}: {source}")]
     CaFile { path: String, source: std::io::Error },
     #[error("a Redis CA file is only used with TLS: the URL must start with rediss://, not {url}")]
@@ -153,7 +170,7 @@ pub fn pool(url: &str, settings: &PoolSettings) -> Result<Pool, ConnectError> {
     let config = AsyncConnectionConfig::new()
         .set_response_timeout(Some(settings.response_timeout))
         .set_connection_timeout(Some(settings.connect_timeout));
-    let invalid = |source| ConnectError::InvalidUrl { url: redact(url), source };
+    let invalid = |source: redis::RedisError| ConnectError::InvalidUrl { url: redact(url), reason: source.to_string() };
     let info = url.into_connection_info().map_err(invalid)?;
     let info = match &settings.ca_file {
         None => info,
@@ -171,21 +188,23 @@ pub fn pool(url: &str, settings: &PoolSettings) -> Result<Pool, ConnectError> {
         install_tls_provider();
     }
     let manager = Manager::new_with_config(info, config).map_err(invalid)?;
-    Ok(Pool::Single(
+    Ok(Pool(Pools::Single(
         deadpool_redis::Pool::builder(manager)
             .max_size(settings.max_size)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(settings.connect_timeout + settings.response_timeout))
             .create_timeout(Some(settings.connect_timeout))
-            .build()?,
-    ))
+            .build()
+            .map_err(|e| ConnectError::Pool(e.to_string()))?,
+    )))
 }
 
 fn cluster_pool(urls: &str, settings: &PoolSettings) -> Result<Pool, ConnectError> {
     if settings.ca_file.is_some() {
         return Err(ConnectError::Unsupported("a Redis CA file with a cluster (use the system's roots)"));
     }
-    let invalid = |source| ConnectError::InvalidUrl { url: redact(urls), source };
+    let invalid =
+        |source: redis::RedisError| ConnectError::InvalidUrl { url: redact(urls), reason: source.to_string() };
     let nodes: Vec<&str> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
     let client = ClusterClientBuilder::new(nodes)
         .response_timeout(settings.response_timeout)
@@ -202,7 +221,7 @@ fn cluster_pool(urls: &str, settings: &PoolSettings) -> Result<Pool, ConnectErro
         .create_timeout(Some(settings.connect_timeout))
         .build()
         .map_err(|e| ConnectError::ClusterPool(e.to_string()))?;
-    Ok(Pool::Cluster(pool))
+    Ok(Pool(Pools::Cluster(pool)))
 }
 
 /// rustls needs a process-wide crypto provider; a second install (another pool) is refused harmlessly.

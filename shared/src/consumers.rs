@@ -11,8 +11,6 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::ConnectionLike;
-
 use crate::keys::{GroupName, Keys};
 
 static REMOVE_IDLE: LazyLock<redis::Script> =
@@ -24,19 +22,20 @@ pub const REMOVE_AT_ONCE: usize = 100;
 /// Removes from `group` up to [`REMOVE_AT_ONCE`] consumers idle for at least `min_idle` that hold no pending
 /// entry, never `keep` (the caller's own name); returns the names removed. A missing stream or group removes
 /// nothing.
-pub async fn remove_idle<C: ConnectionLike>(
-    conn: &mut C,
+pub async fn remove_idle(
+    pool: &crate::connection::Pool,
     keys: &Keys,
     group: &GroupName,
     min_idle: Duration,
     keep: &str,
-) -> redis::RedisResult<Vec<String>> {
-    REMOVE_IDLE
+) -> crate::Result<Vec<String>> {
+    let mut conn = pool.get().await?;
+    Ok(REMOVE_IDLE
         .key(&keys.stream)
         .arg(group.as_str())
         .arg(min_idle.as_millis() as u64)
         .arg(keep)
         .arg(REMOVE_AT_ONCE)
-        .invoke_async(conn)
-        .await
+        .invoke_async(&mut conn)
+        .await?)
 }

@@ -18,54 +18,23 @@ use opentelemetry::trace::{Status, TraceContextExt, TraceId};
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::error::Error;
 use crate::job::{Job, JobError, JobId, JobKind, Payload};
 use crate::keys::{IdempotencyKey, Keys, QueueName};
 use crate::limits::Limits;
 use crate::metrics::{JobLabels, Metrics, QueueLabels};
-use crate::partitions::{PartitionError, PartitionRecord};
-use crate::propagation::{self, ContextError};
+use crate::partitions::PartitionRecord;
+use crate::propagation;
+use crate::queue::Queue;
 use crate::semconv;
+use serde::Serialize;
 
 static ENQUEUE_ONCE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/enqueue_once.lua")));
 
-/// Why an enqueue failed. No job of a failed call is reported as enqueued.
-#[derive(Debug, thiserror::Error)]
-pub enum EnqueueError {
-    #[error(transparent)]
-    Job(#[from] JobError),
-    #[error("cannot propagate the trace context: {0}")]
-    Context(#[from] ContextError),
-    #[error("no Redis connection: {0}")]
-    Pool(#[from] crate::connection::PoolError),
-    #[error("Redis refused the enqueue: {0}")]
-    Redis(#[from] redis::RedisError),
-    /// The idempotency key was used, within its time to live, for a job of another kind or payload. Nothing was
-    /// enqueued; `job_id` is the earlier job.
-    #[error(
-        "idempotency key {} was already used for job {job_id} with another kind or payload: nothing enqueued; \
-         a new job needs a new key",
-        key.as_str()
-    )]
-    IdempotencyConflict { key: IdempotencyKey, job_id: JobId },
-    /// This producer's partition count disagrees with the queue's record in Redis; nothing was enqueued.
-    #[error(transparent)]
-    Partitions(#[from] PartitionError),
-    /// Redis took some jobs of a batch and refused the others: `enqueued` were written (not in the batch's
-    /// order), `failed` were not.
-    #[error("{failed} jobs of the batch were not enqueued ({} were): {source}", enqueued.len())]
-    Partial { enqueued: Vec<Enqueued>, failed: usize, source: Box<EnqueueError> },
-}
-
-impl EnqueueError {
-    /// The jobs that were enqueued although the call failed (only a [`EnqueueError::Partial`] has any).
-    pub fn enqueued(&self) -> &[Enqueued] {
-        match self {
-            EnqueueError::Partial { enqueued, .. } => enqueued,
-            _ => &[],
-        }
-    }
-}
+/// Why an enqueue failed: [`crate::Error`]. No job of a failed call is reported as enqueued, except those an
+/// [`Error::Partial`] lists.
+pub type EnqueueError = Error;
 
 /// The metric label of job kinds outside [`Producer::with_metric_kinds`].
 pub const OTHER_KIND_LABEL: &str = "other";
@@ -108,33 +77,30 @@ struct RecordCheck {
 }
 
 impl Producer {
-    /// A producer for exactly the keys `keys` (a queue, or one partition of one, as a worker's follow-up jobs
-    /// use). It does not check the queue's partition record: a producer of a queue is [`Producer::partitioned`].
-    pub fn new(pool: Pool, keys: Keys, limits: Limits) -> Self {
-        let queue = keys.queue().clone();
-        let mut producer = Self::partitioned(pool, &queue, vec![keys], limits);
-        producer.record = None;
-        producer
-    }
-
-    /// A producer for `queue` split into `partitions` ([`Keys::partitioned`]; one for an unpartitioned queue):
-    /// each job goes to the partition its id picks, each idempotency key always to the same partition. Before
-    /// its first enqueue it checks (and, on a queue's first use, records) the partition count in Redis.
-    pub fn partitioned(pool: Pool, queue: &QueueName, partitions: Vec<Keys>, limits: Limits) -> Self {
-        assert!(!partitions.is_empty(), "a queue has at least one partition");
+    /// A producer for `queue`: each job goes to the partition its id picks, each idempotency key always to the
+    /// same partition. Before its first enqueue it checks (and, on a queue's first use, records) the queue's
+    /// partition count in Redis. Payloads are limited to [`Limits::default`]; see [`Producer::with_limits`].
+    pub fn new(pool: Pool, queue: &Queue) -> Self {
+        let partitions = queue.partition_keys();
         let span_name = format!("send {queue}").into();
-        let record = PartitionRecord::new(partitions[0].prefix(), queue, partitions.len() as u32)
-            .expect("the prefix was checked when the keys were made");
+        let record = PartitionRecord::new(queue.prefix(), queue.name(), queue.partitions())
+            .expect("the prefix was checked when the queue was made");
         Self {
             pool,
             partitions: partitions.into(),
-            queue: queue.clone(),
-            limits,
+            queue: queue.name().clone(),
+            limits: Limits::default(),
             metrics: Arc::default(),
             span_name,
             record: Some(Arc::new(RecordCheck { record, done: tokio::sync::OnceCell::new() })),
             metric_kinds: None,
         }
+    }
+
+    /// Applies `limits` to the jobs this producer builds.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Records enqueues into `metrics` instead of a private registry.
@@ -180,23 +146,49 @@ impl Producer {
         Ok(())
     }
 
-    /// The queue's keys.
-    pub fn keys(&self) -> &Keys {
-        &self.partitions[0]
-    }
-
     /// The limits applied to jobs.
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
 
-    /// Builds a job from a kind and JSON text, applying the payload limit.
-    pub fn job(&self, kind: &str, payload_json: &str) -> Result<Job, JobError> {
+    /// Builds a job of `kind` whose payload is `payload` serialized as JSON, applying the payload limit.
+    pub fn job<T: Serialize + ?Sized>(&self, kind: &str, payload: &T) -> Result<Job, JobError> {
+        Ok(Job::new(JobKind::parse(kind)?, Payload::from_value(payload, &self.limits)?))
+    }
+
+    /// Builds a job from a kind and JSON text (checked to be JSON), applying the payload limit.
+    pub fn job_json(&self, kind: &str, payload_json: &str) -> Result<Job, JobError> {
         Ok(Job::new(JobKind::parse(kind)?, Payload::parse(payload_json, &self.limits)?))
     }
 
-    /// Enqueues one job.
-    pub async fn enqueue(&self, job: Job) -> Result<Enqueued, EnqueueError> {
+    /// Enqueues one job of `kind` with `payload` (any `Serialize` value, sent as JSON).
+    ///
+    /// ```no_run
+    /// # async fn send(producer: &jobstream::Producer) -> jobstream::Result<()> {
+    /// #[derive(serde::Serialize)]
+    /// struct Email<'a> { to: &'a str }
+    /// let sent = producer.enqueue("send-email", &Email { to: "a@example.com" }).await?;
+    /// println!("{} in trace {:?}", sent.job_id, sent.trace_id);
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue<T: Serialize + ?Sized>(&self, kind: &str, payload: &T) -> Result<Enqueued, EnqueueError> {
+        self.enqueue_job(self.job(kind, payload)?).await
+    }
+
+    /// Enqueues a job of `kind` with `payload` unless the idempotency key `key` was used in the last `ttl`
+    /// ([`Producer::enqueue_job_once`]).
+    pub async fn enqueue_once<T: Serialize + ?Sized>(
+        &self,
+        kind: &str,
+        payload: &T,
+        key: &IdempotencyKey,
+        ttl: Duration,
+    ) -> Result<Enqueued, EnqueueError> {
+        self.enqueue_job_once(self.job(kind, payload)?, key, ttl).await
+    }
+
+    /// Enqueues one job built with [`Producer::job`].
+    pub async fn enqueue_job(&self, job: Job) -> Result<Enqueued, EnqueueError> {
         let mut done = self.enqueue_batch(vec![job]).await?;
         Ok(done.remove(0))
     }
@@ -322,9 +314,9 @@ impl Producer {
         let Some(error) = first_error else { return Ok(enqueued) };
         self.count_error();
         if enqueued.is_empty() {
-            return Err(EnqueueError::Redis(error));
+            return Err(error.into());
         }
-        Err(EnqueueError::Partial { enqueued, failed, source: Box::new(EnqueueError::Redis(error)) })
+        Err(EnqueueError::Partial { enqueued, failed, source: Box::new(error.into()) })
     }
 }
 
@@ -333,7 +325,7 @@ impl Producer {
     /// earlier job had the same kind and payload (byte for byte), returns it, marked [`Enqueued::duplicate`];
     /// when it had another, fails with [`EnqueueError::IdempotencyConflict`] naming it. Either way nothing is
     /// enqueued. The check and the enqueue are one atomic step.
-    pub async fn enqueue_once(
+    pub async fn enqueue_job_once(
         &self,
         mut job: Job,
         key: &IdempotencyKey,
@@ -412,10 +404,10 @@ fn error_type(e: &EnqueueError) -> &'static str {
     match e {
         EnqueueError::Job(_) => "invalid_job",
         EnqueueError::Context(_) => "invalid_context",
-        EnqueueError::Pool(_) => "redis_unavailable",
-        EnqueueError::Redis(_) | EnqueueError::Partial { .. } => "redis_error",
+        EnqueueError::Unavailable(_) => "redis_unavailable",
         EnqueueError::IdempotencyConflict { .. } => "idempotency_conflict",
         EnqueueError::Partitions(_) => "partition_mismatch",
+        _ => "redis_error",
     }
 }
 

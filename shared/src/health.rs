@@ -77,10 +77,9 @@ async fn check(state: &HealthState) -> Result<(), String> {
 
 async fn metrics(State(state): State<HealthState>, headers: axum::http::HeaderMap) -> impl IntoResponse {
     let stats = tokio::time::timeout(PROBE_TIMEOUT, async {
-        let mut conn = state.pool.get().await.map_err(|e| e.to_string())?;
         let mut all = Vec::with_capacity(state.keys.len());
         for keys in &state.keys {
-            all.push(crate::admin::stats(&mut conn, keys).await.map_err(|e| e.to_string())?);
+            all.push(crate::admin::stats(&state.pool, keys).await.map_err(|e| e.to_string())?);
         }
         Ok::<_, String>(all)
     })

@@ -10,6 +10,7 @@ use std::fmt;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::keys::QueueName;
 use crate::limits::Limits;
 use crate::propagation::TraceHeaders;
 
@@ -193,9 +194,29 @@ pub struct Job {
     pub trace: TraceHeaders,
     /// Fields this version does not know; kept so that a retry or dead letter carries them on.
     pub extra: Fields,
+    /// The queue (the partition's, `<queue>:<i>`, for a partitioned queue) a worker read the job from; `None`
+    /// for a job not read from a queue.
+    pub(crate) source: Option<QueueName>,
 }
 
 impl Job {
+    /// The payload as a `T`. A payload that is not a `T` fails the attempt *permanently*
+    /// (`error.type=bad_payload`): running it again cannot help, so it goes straight to the dead stream.
+    pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T, crate::handler::JobFailure> {
+        serde_json::from_str(self.payload.as_str()).map_err(|e| {
+            crate::handler::JobFailure::permanent(
+                "bad_payload",
+                format!("the payload is not what kind {} takes: {e}", self.kind),
+            )
+        })
+    }
+
+    /// The queue the job was read from (the partition's, `<queue>:<i>`, for a partitioned queue); `None` for
+    /// a job not read from a queue.
+    pub fn queue(&self) -> Option<&QueueName> {
+        self.source.as_ref()
+    }
+
     /// A new job, first attempt, enqueued now, with no trace context yet.
     pub fn new(kind: JobKind, payload: Payload) -> Self {
         Self {
@@ -206,6 +227,7 @@ impl Job {
             attempt: 1,
             trace: TraceHeaders::default(),
             extra: Fields::new(),
+            source: None,
         }
     }
 
@@ -244,7 +266,7 @@ impl Job {
             return Err(invalid(field::ATTEMPT, "must be 1 or more"));
         }
         let trace = TraceHeaders::take_from(&mut fields);
-        Ok(Self { id, kind, payload, enqueued_at_ms, attempt, trace, extra: fields })
+        Ok(Self { id, kind, payload, enqueued_at_ms, attempt, trace, extra: fields, source: None })
     }
 }
 

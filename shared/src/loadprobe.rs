@@ -51,10 +51,8 @@ pub fn mark_fields(run: &Uuid, sent_us: u64) -> [(String, String); 2] {
 /// Why a run's published histograms could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("no Redis connection: {0}")]
-    Pool(#[from] crate::connection::PoolError),
     #[error(transparent)]
-    Redis(#[from] redis::RedisError),
+    Redis(#[from] crate::Error),
     #[error("field {field:?} of the run's hash is not a histogram: {reason}")]
     Corrupt { field: String, reason: String },
 }
@@ -184,7 +182,7 @@ pub struct Snapshot {
 }
 
 /// Writes `snapshots` as `consumer`'s fields of each run's hash, in one pipeline.
-pub async fn publish(
+pub(crate) async fn publish(
     conn: &mut impl redis::aio::ConnectionLike,
     keys: &Keys,
     consumer: &str,
@@ -230,15 +228,13 @@ impl Default for RunReport {
 }
 
 /// Reads and merges what the workers published for `run` on every partition of a queue.
-pub async fn read(
-    conn: &mut impl redis::aio::ConnectionLike,
-    partitions: &[Keys],
-    run: &Uuid,
-) -> Result<RunReport, ProbeError> {
+pub async fn read(pool: &crate::connection::Pool, partitions: &[Keys], run: &Uuid) -> Result<RunReport, ProbeError> {
+    let conn = &mut pool.get().await.map_err(crate::Error::from)?;
     let mut fields = Vec::new();
     for keys in partitions {
         let key = keys.load_run(&run.hyphenated().to_string());
-        let hash: HashMap<String, Vec<u8>> = redis::cmd("HGETALL").arg(&key).query_async(&mut *conn).await?;
+        let hash: HashMap<String, Vec<u8>> =
+            redis::cmd("HGETALL").arg(&key).query_async(&mut *conn).await.map_err(crate::Error::from)?;
         fields.extend(hash);
     }
     merge(fields)

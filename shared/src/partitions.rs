@@ -44,21 +44,13 @@ pub enum PartitionError {
         /// What it holds.
         value: String,
     },
-    /// No connection to Redis could be had.
-    #[error("cannot check the partition count of queue {queue}: no Redis connection: {source}")]
-    NoConnection {
+    /// Redis could not be reached or did not answer the check.
+    #[error("cannot check the partition count of queue {queue} in Redis: {reason}")]
+    Unavailable {
         /// The queue.
         queue: QueueName,
-        /// The pool's error.
-        source: crate::connection::PoolError,
-    },
-    /// Redis did not answer the check.
-    #[error("cannot check the partition count of queue {queue} in Redis: {source}")]
-    Redis {
-        /// The queue.
-        queue: QueueName,
-        /// Redis's error.
-        source: redis::RedisError,
+        /// What went wrong.
+        reason: String,
     },
 }
 
@@ -99,7 +91,7 @@ impl PartitionRecord {
     }
 
     /// Compares the count with Redis's record, and records it when nothing is recorded yet.
-    pub async fn check_and_record<C: ConnectionLike>(&self, conn: &mut C) -> Result<Checked, PartitionError> {
+    pub(crate) async fn check_and_record<C: ConnectionLike>(&self, conn: &mut C) -> Result<Checked, PartitionError> {
         if let Some(recorded) = self.read(conn).await? {
             return self.compare(&recorded).map(|()| Checked::Agrees);
         }
@@ -113,13 +105,18 @@ impl PartitionRecord {
                 tracing::warn!(key = %self.key, error = %e, "the queue's partition count could not be recorded; will try again");
                 Ok(Checked::NotRecorded)
             }
-            Err(source) => Err(PartitionError::Redis { queue: self.queue.clone(), source }),
+            Err(source) => Err(self.unavailable(source)),
         }
     }
 
+    fn unavailable(&self, reason: impl std::fmt::Display) -> PartitionError {
+        PartitionError::Unavailable { queue: self.queue.clone(), reason: reason.to_string() }
+    }
+
     /// Compares the count with Redis's record without writing anything (for read-only commands).
-    pub async fn check<C: ConnectionLike>(&self, conn: &mut C) -> Result<(), PartitionError> {
-        match self.read(conn).await? {
+    pub async fn check(&self, pool: &Pool) -> Result<(), PartitionError> {
+        let mut conn = pool.get().await.map_err(|e| self.unavailable(e))?;
+        match self.read(&mut conn).await? {
             Some(recorded) => self.compare(&recorded),
             None => Ok(()),
         }
@@ -134,11 +131,11 @@ impl PartitionRecord {
         loop {
             let result = match pool.get().await {
                 Ok(mut conn) => self.check_and_record(&mut conn).await,
-                Err(source) => Err(PartitionError::NoConnection { queue: self.queue.clone(), source }),
+                Err(source) => Err(self.unavailable(source)),
             };
             match result {
                 Ok(_) => return Ok(()),
-                Err(e @ (PartitionError::Redis { .. } | PartitionError::NoConnection { .. })) => {
+                Err(e @ PartitionError::Unavailable { .. }) => {
                     if !warned {
                         tracing::warn!(error = %e, "cannot check the queue's partition count yet; retrying");
                         warned = true;
@@ -161,7 +158,7 @@ impl PartitionRecord {
                 tracing::warn!(key = %self.key, error = %e, "the queue's partition count cannot be read (ACL); not checked");
                 Ok(None)
             }
-            Err(source) => Err(PartitionError::Redis { queue: self.queue.clone(), source }),
+            Err(source) => Err(self.unavailable(source)),
         }
     }
 

@@ -83,8 +83,8 @@ pub struct Completion {
 }
 
 /// Reads the completion of `ids` from the `done` hash, in chunks of 1000.
-pub async fn completion(pool: &Pool, keys: &Keys, ids: &[String]) -> redis::RedisResult<Completion> {
-    let mut conn = pool.get().await.map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
+pub async fn completion(pool: &Pool, keys: &Keys, ids: &[String]) -> crate::Result<Completion> {
+    let mut conn = pool.get().await?;
     let mut out = Completion::default();
     for chunk in ids.chunks(1000) {
         let counts: Vec<Option<u64>> = redis::cmd("HMGET").arg(&keys.done).arg(chunk).query_async(&mut conn).await?;
@@ -105,7 +105,31 @@ pub async fn completion(pool: &Pool, keys: &Keys, ids: &[String]) -> redis::Redi
 }
 
 /// Every job id in the `done` hash with its run count.
-pub async fn all_runs(pool: &Pool, keys: &Keys) -> redis::RedisResult<HashMap<String, u64>> {
-    let mut conn = pool.get().await.map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
-    redis::cmd("HGETALL").arg(&keys.done).query_async(&mut conn).await
+pub async fn all_runs(pool: &Pool, keys: &Keys) -> crate::Result<HashMap<String, u64>> {
+    let mut conn = pool.get().await?;
+    Ok(redis::cmd("HGETALL").arg(&keys.done).query_async(&mut conn).await?)
+}
+
+/// The results the shipped `demo` kind stored for `ids` (`None` where none is stored), in order.
+pub async fn stored_results(pool: &Pool, keys: &Keys, ids: &[String]) -> crate::Result<Vec<Option<String>>> {
+    let mut conn = pool.get().await?;
+    let mut stored = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(1000) {
+        let keys_of: Vec<String> = chunk.iter().map(|id| keys.result(id)).collect();
+        let part: Vec<Option<String>> = redis::cmd("MGET").arg(&keys_of).query_async(&mut conn).await?;
+        stored.extend(part);
+    }
+    Ok(stored)
+}
+
+/// Deletes a queue's keys (stream, dead stream, delayed set, `done` hash) and the results of `ids`: what a demo
+/// run leaves behind.
+pub async fn delete_queue(pool: &Pool, keys: &Keys, ids: &[String]) -> crate::Result<()> {
+    let mut conn = pool.get().await?;
+    let mut doomed: Vec<String> = vec![keys.stream.clone(), keys.dead.clone(), keys.delayed.clone(), keys.done.clone()];
+    doomed.extend(ids.iter().map(|id| keys.result(id)));
+    for chunk in doomed.chunks(500) {
+        redis::cmd("DEL").arg(chunk).query_async::<()>(&mut conn).await?;
+    }
+    Ok(())
 }

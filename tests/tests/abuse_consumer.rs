@@ -209,11 +209,10 @@ async fn the_removal_script_removes_an_idle_consumer_with_nothing_pending_and_ke
     assert_eq!(pending_of(&mut sync, queue, "workers", "holding"), 1);
 
     let pool = jobstream::connection::pool(&redis.url(), &Default::default()).unwrap();
-    let mut conn = pool.get().await.unwrap();
     let group = GroupName::default();
     // Idle for less than the bound: nothing goes.
     let removed =
-        jobstream::consumers::remove_idle(&mut conn, &keys, &group, Duration::from_secs(3600), "me").await.unwrap();
+        jobstream::consumers::remove_idle(&pool, &keys, &group, Duration::from_secs(3600), "me").await.unwrap();
     assert!(removed.is_empty(), "{removed:?}");
     assert_eq!(consumers(&mut sync, queue).len(), 3);
 
@@ -223,7 +222,7 @@ async fn the_removal_script_removes_an_idle_consumer_with_nothing_pending_and_ke
         idle.iter().all(|row| matches!(row.get(5), Some(redis::Value::Int(ms)) if *ms >= 50))
     });
     let removed =
-        jobstream::consumers::remove_idle(&mut conn, &keys, &group, Duration::from_millis(50), "me").await.unwrap();
+        jobstream::consumers::remove_idle(&pool, &keys, &group, Duration::from_millis(50), "me").await.unwrap();
     assert_eq!(removed, vec!["empty".to_owned()], "only the idle consumer holding nothing");
     let left = consumers(&mut sync, queue);
     assert_eq!(left, BTreeMap::from([("holding".to_owned(), 1), ("me".to_owned(), 0)]), "the caller is kept too");
@@ -233,10 +232,7 @@ async fn the_removal_script_removes_an_idle_consumer_with_nothing_pending_and_ke
 
     // A missing stream or group is no error: nothing to remove.
     let other = Keys::new("jobstream", &QueueName::parse("nowhere").unwrap()).unwrap();
-    assert!(jobstream::consumers::remove_idle(&mut conn, &other, &group, Duration::ZERO, "me")
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(jobstream::consumers::remove_idle(&pool, &other, &group, Duration::ZERO, "me").await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -425,17 +425,16 @@ fn a_lag_redis_contradicts_is_reported_unknown() {
 async fn the_library_reports_an_idempotency_conflict_as_a_typed_error() {
     let redis = RedisServer::start();
     let pool = jobstream::connection::pool(&redis.url(), &Default::default()).unwrap();
-    let queue = jobstream::QueueName::parse("lib").unwrap();
-    let keys = jobstream::Keys::partitioned("jobstream", &queue, 1).unwrap();
-    let producer = jobstream::Producer::partitioned(pool, &queue, keys, jobstream::Limits::default());
+    let producer = jobstream::Producer::new(pool, &jobstream::Queue::new("lib").unwrap());
     let key = jobstream::IdempotencyKey::parse("payment-1").unwrap();
     let ttl = Duration::from_secs(60);
-    let first = producer.enqueue_once(producer.job("noop", r#"{"a":1}"#).unwrap(), &key, ttl).await.unwrap();
-    let again = producer.enqueue_once(producer.job("noop", r#"{"a":1}"#).unwrap(), &key, ttl).await.unwrap();
+    let first = producer.enqueue_job_once(producer.job_json("noop", r#"{"a":1}"#).unwrap(), &key, ttl).await.unwrap();
+    let again = producer.enqueue_job_once(producer.job_json("noop", r#"{"a":1}"#).unwrap(), &key, ttl).await.unwrap();
     assert!(again.duplicate && again.job_id == first.job_id);
-    let refused = producer.enqueue_once(producer.job("noop", r#"{"a":2}"#).unwrap(), &key, ttl).await.unwrap_err();
+    let refused =
+        producer.enqueue_job_once(producer.job_json("noop", r#"{"a":2}"#).unwrap(), &key, ttl).await.unwrap_err();
     match refused {
-        jobstream::EnqueueError::IdempotencyConflict { key: k, job_id } => {
+        jobstream::Error::IdempotencyConflict { key: k, job_id } => {
             assert_eq!((k, job_id), (key, first.job_id));
         }
         other => panic!("expected a conflict, got {other}"),

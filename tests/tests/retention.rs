@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use jobstream::{queue, Keys, QueueName};
+use jobstream::{admin, Keys, QueueName};
 use jobstream_tests::*;
 
 fn ids(conn: &mut redis::Connection, key: &str) -> Vec<String> {
@@ -31,8 +31,7 @@ async fn trimming_keeps_every_entry_a_group_still_needs() {
         .unwrap();
 
     let pool = jobstream::connection::pool(&redis.url(), &Default::default()).unwrap();
-    let mut conn = pool.get().await.unwrap();
-    let trimmed = queue::trim(&mut conn, &keys, Some(Duration::ZERO), None).await.unwrap();
+    let trimmed = admin::trim(&pool, &keys, Some(Duration::ZERO), None).await.unwrap();
     assert_eq!(trimmed.0, 2, "only the two acknowledged entries before the oldest pending one go");
     assert_eq!(
         ids(&mut sync, &keys.stream),
@@ -44,11 +43,11 @@ async fn trimming_keeps_every_entry_a_group_still_needs() {
     let _: () = redis::cmd("XGROUP").arg("CREATE").arg(&keys.stream).arg("audit").arg("0").query(&mut sync).unwrap();
     let _: u64 =
         redis::cmd("XACK").arg(&keys.stream).arg("workers").arg(&all[2]).arg(&all[4]).query(&mut sync).unwrap();
-    assert_eq!(queue::trim(&mut conn, &keys, Some(Duration::ZERO), None).await.unwrap().0, 0);
+    assert_eq!(admin::trim(&pool, &keys, Some(Duration::ZERO), None).await.unwrap().0, 0);
     let _: () = redis::cmd("XGROUP").arg("DESTROY").arg(&keys.stream).arg("audit").query(&mut sync).unwrap();
 
     // With everything delivered acknowledged, only the undelivered remain.
-    assert_eq!(queue::trim(&mut conn, &keys, Some(Duration::ZERO), None).await.unwrap().0, 3);
+    assert_eq!(admin::trim(&pool, &keys, Some(Duration::ZERO), None).await.unwrap().0, 3);
     assert_eq!(ids(&mut sync, &keys.stream), all[5..].to_vec());
 
     // Entries younger than the retention stay even when acknowledged.
@@ -57,10 +56,10 @@ async fn trimming_keeps_every_entry_a_group_still_needs() {
         .query(&mut sync)
         .unwrap();
     let _: u64 = redis::cmd("XACK").arg(&keys.stream).arg("workers").arg(&all[5..]).query(&mut sync).unwrap();
-    assert_eq!(queue::trim(&mut conn, &keys, Some(Duration::from_secs(3600)), None).await.unwrap().0, 0);
+    assert_eq!(admin::trim(&pool, &keys, Some(Duration::from_secs(3600)), None).await.unwrap().0, 0);
 
     // A stream with no group is never trimmed.
     let lonely = Keys::new("jobstream", &QueueName::parse("lonely").unwrap()).unwrap();
     xadd_raw(&mut sync, "lonely", &[("n", b"1")]);
-    assert_eq!(queue::trim(&mut conn, &lonely, Some(Duration::ZERO), Some(Duration::ZERO)).await.unwrap(), (0, 0));
+    assert_eq!(admin::trim(&pool, &lonely, Some(Duration::ZERO), Some(Duration::ZERO)).await.unwrap(), (0, 0));
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use jobstream::connection::Pool;
-use jobstream::{results, Job, JobFailure, JobHandler, Keys};
+use jobstream::{results, Job, JobFailure, JobHandler};
 use opentelemetry::trace::Status;
 use rand::Rng;
 use tracing::Instrument;
@@ -39,14 +39,15 @@ struct DemoPayload {
 /// The `demo` handler.
 pub struct Demo {
     pool: Pool,
-    keys: Keys,
+    /// Key prefix of the queue; records go next to the queue each job came from.
+    prefix: String,
     settings: DemoSettings,
 }
 
 impl Demo {
     /// A demo handler storing results under `keys`.
-    pub fn new(pool: Pool, keys: Keys, settings: DemoSettings) -> Self {
-        Self { pool, keys, settings }
+    pub fn new(pool: Pool, prefix: &str, settings: DemoSettings) -> Self {
+        Self { pool, prefix: prefix.to_owned(), settings }
     }
 
     /// Which step fails this attempt (if any) and the latency of each step.
@@ -95,7 +96,7 @@ impl JobHandler for Demo {
                     });
                     results::store_result(
                         &self.pool,
-                        &self.keys,
+                        &super::keys_of(&self.prefix, &job)?,
                         &job.id,
                         &result.to_string(),
                         self.settings.result_ttl,

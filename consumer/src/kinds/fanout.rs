@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use jobstream::connection::Pool;
-use jobstream::{results, Job, JobFailure, JobHandler, JobKind, Keys, Payload, Producer};
+use jobstream::{results, Job, JobFailure, JobHandler, JobKind, Payload, Producer};
 use serde::{Deserialize, Serialize};
 
 /// Most children one fanout job may enqueue.
@@ -80,15 +80,16 @@ impl Spec {
 /// The `fanout` handler.
 pub struct Fanout {
     pool: Pool,
-    keys: Keys,
+    /// Key prefix of the queue; records go next to the queue each job came from.
+    prefix: String,
     producer: Producer,
     retention: Option<Duration>,
 }
 
 impl Fanout {
     /// A fanout handler enqueueing follow-ups with `producer`, recording runs in a `done` hash kept `retention`.
-    pub fn new(pool: Pool, keys: Keys, producer: Producer, retention: Option<Duration>) -> Self {
-        Self { pool, keys, producer, retention }
+    pub fn new(pool: Pool, prefix: &str, producer: Producer, retention: Option<Duration>) -> Self {
+        Self { pool, prefix: prefix.to_owned(), producer, retention }
     }
 }
 
@@ -107,7 +108,7 @@ impl JobHandler for Fanout {
         };
         let jobs = (0..spec.children).map(|_| Job::new(kind.clone(), payload.clone())).collect();
         self.producer.enqueue_batch(jobs).await.map_err(|e| JobFailure::new("enqueue_failed", e.to_string()))?;
-        results::record_done(&self.pool, &self.keys, &job.id, self.retention).await
+        results::record_done(&self.pool, &super::keys_of(&self.prefix, &job)?, &job.id, self.retention).await
     }
 }
 

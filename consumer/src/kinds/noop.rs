@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use jobstream::connection::Pool;
-use jobstream::{results, Job, JobFailure, JobHandler, Keys};
+use jobstream::{results, Job, JobFailure, JobHandler};
 use serde::Deserialize;
 
 /// The `noop` handler.
 pub struct Noop {
     pool: Pool,
-    keys: Keys,
+    /// Key prefix of the queue; records go next to the queue each job came from.
+    prefix: String,
     retention: Option<Duration>,
 }
 
@@ -28,8 +29,8 @@ fn yes() -> bool {
 
 impl Noop {
     /// A handler recording runs in `keys.done`, a hash kept `retention` after its last write.
-    pub fn new(pool: Pool, keys: Keys, retention: Option<Duration>) -> Self {
-        Self { pool, keys, retention }
+    pub fn new(pool: Pool, prefix: &str, retention: Option<Duration>) -> Self {
+        Self { pool, prefix: prefix.to_owned(), retention }
     }
 }
 
@@ -38,7 +39,7 @@ impl JobHandler for Noop {
         // Any payload is accepted; only an object with `"record": false` turns recording off.
         let record = job.payload.deserialize::<NoopPayload>().map_or(true, |p| p.record);
         if record {
-            results::record_done(&self.pool, &self.keys, &job.id, self.retention).await?;
+            results::record_done(&self.pool, &super::keys_of(&self.prefix, &job)?, &job.id, self.retention).await?;
         }
         Ok(())
     }

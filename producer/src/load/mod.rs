@@ -55,7 +55,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot reach Redis at {}", jobstream::connection::redact(&args.redis.redis_url)))?;
     let progress = Progress::new(!args.no_progress && std::io::stderr().is_terminal(), pace.total());
 
-    let producer = Producer::partitioned(pool.clone(), &args.queue.queue, keys.clone(), limits);
+    let producer = Producer::new(pool.clone(), &args.queue.queue().map_err(usage)?).with_limits(limits);
     producer.check_partitions().await?;
     let sender = Sender { producer, kind, payload, run, counters: Arc::default() };
     let start = Instant::now();
@@ -228,17 +228,15 @@ impl Sender {
 
 /// Dead entries of every partition.
 async fn dead_len(pool: &Pool, keys: &[Keys]) -> anyhow::Result<u64> {
-    let mut conn = pool.get().await?;
     let mut total = 0;
     for partition in keys {
-        total += redis::cmd("XLEN").arg(&partition.dead).query_async::<u64>(&mut conn).await?;
+        total += jobstream::admin::dead_len(pool, partition).await?;
     }
     Ok(total)
 }
 
 async fn read_probe(pool: &Pool, keys: &[Keys], run: Uuid) -> anyhow::Result<RunReport> {
-    let mut conn = pool.get().await?;
-    Ok(loadprobe::read(&mut conn, keys, &run).await?)
+    Ok(loadprobe::read(pool, keys, &run).await?)
 }
 
 /// Waits until `sent` jobs are acknowledged or dead-lettered, or `timeout` passes. Returns the merged probe,

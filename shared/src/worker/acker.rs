@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::keys::{GroupName, Keys};
 use crate::loadprobe::{Mark, Probes};
-use crate::queue;
+use crate::stream;
 
 /// Most ids in one XACK.
 const MAX_BATCH: usize = 1024;
@@ -60,7 +60,7 @@ async fn run(
             let ids: Vec<&str> = batch.iter().map(|(id, _)| id.as_str()).collect();
             let sent = async {
                 let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-                queue::ack(&mut conn, &keys, &group, &ids).await.map_err(|e| e.to_string())
+                stream::ack(&mut conn, &keys, &group, &ids).await.map_err(|e| e.to_string())
             }
             .await;
             match sent {

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use crate::backoff::Backoff;
-use crate::{consumers, loadprobe, queue};
+use crate::{consumers, loadprobe, stream};
 
 /// Jobs moved by one run of the promotion script.
 const PROMOTE_BATCH: usize = 256;
@@ -39,11 +39,11 @@ pub(crate) async fn promote(shared: Arc<Shared>, every: Duration, stop: Cancella
     loop {
         let moved = async {
             let mut conn = shared.pool.get().await.map_err(|e| e.to_string())?;
-            let mut total = queue::Promoted::default();
+            let mut total = stream::Promoted::default();
             loop {
                 let config = &shared.config;
                 let now = crate::clock::now_ms();
-                let run = queue::promote_due(
+                let run = stream::promote_due(
                     &mut conn,
                     &shared.keys,
                     now,
@@ -110,7 +110,7 @@ pub(crate) async fn renew(shared: Arc<Shared>, every: Duration, stop: Cancellati
         }
         let renewed = async {
             let mut conn = shared.pool.get().await.map_err(|e| e.to_string())?;
-            queue::renew_claims(&mut conn, &shared.keys, &shared.config.group, &shared.config.consumer, &ids)
+            stream::renew_claims(&mut conn, &shared.keys, &shared.config.group, &shared.config.consumer, &ids)
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -149,7 +149,7 @@ pub(crate) async fn trim(shared: Arc<Shared>, every: Duration, stop: Cancellatio
         }
         let trimmed = async {
             let mut conn = shared.pool.get().await.map_err(|e| e.to_string())?;
-            queue::trim(&mut conn, &shared.keys, config.retention, config.dead_retention)
+            stream::trim(&mut conn, &shared.keys, config.retention, config.dead_retention)
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -167,8 +167,7 @@ pub(crate) async fn trim(shared: Arc<Shared>, every: Duration, stop: Cancellatio
 async fn remove_idle_consumers(shared: &Shared, min_idle: Duration) {
     let config = &shared.config;
     let removed = async {
-        let mut conn = shared.pool.get().await.map_err(|e| e.to_string())?;
-        consumers::remove_idle(&mut conn, &shared.keys, &config.group, min_idle, &config.consumer)
+        consumers::remove_idle(&shared.pool, &shared.keys, &config.group, min_idle, &config.consumer)
             .await
             .map_err(|e| e.to_string())
     }

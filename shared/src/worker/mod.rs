@@ -27,8 +27,9 @@ use crate::keys::{GroupName, Keys};
 use crate::limits::Limits;
 use crate::loadprobe::Probes;
 use crate::metrics::{KindHandles, Metrics, QueueLabels};
-use crate::queue::{self, Delivery};
+use crate::queue::Queue;
 use crate::retry::RetryPolicy;
+use crate::stream::{self, Delivery};
 
 /// How long the acknowledgements of finished jobs may take to send at shutdown.
 const ACK_DRAIN: Duration = Duration::from_secs(5);
@@ -86,9 +87,18 @@ pub enum TraceMode {
     Link,
 }
 
+impl Default for WorkerConfig {
+    /// The defaults, for a consumer named `<hostname>-<pid>` ([`default_consumer_name`]): unique per process,
+    /// so replicas never share a name.
+    fn default() -> Self {
+        Self::named(default_consumer_name())
+    }
+}
+
 impl WorkerConfig {
-    /// Defaults for a consumer named `consumer`.
-    pub fn new(consumer: impl Into<String>) -> Self {
+    /// The defaults for a consumer with a fixed name: an explicit choice, for a process that keeps its name
+    /// across restarts (a pod name). Two live processes must never share one.
+    pub fn named(consumer: impl Into<String>) -> Self {
         Self {
             group: GroupName::default(),
             consumer: consumer.into(),
@@ -106,6 +116,38 @@ impl WorkerConfig {
             trace_mode: TraceMode::Parent,
             remove_idle_consumers_after: Some(Duration::from_secs(3600)),
         }
+    }
+
+    /// Checks every setting and their relations; [`Worker::new`] calls it, so a worker that exists has a valid
+    /// configuration.
+    pub fn validate(&self) -> crate::Result<()> {
+        let fail = |message: String| Err(crate::Error::Config(message));
+        let name = &self.consumer;
+        if name.trim().is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+            return fail(format!("consumer name {name:?}: use 1 to 200 characters, no control characters"));
+        }
+        if self.concurrency == 0 || self.batch_size == 0 || self.retry.max_attempts == 0 || self.max_deliveries == 0 {
+            return fail("concurrency, batch size, max attempts and max deliveries must be at least 1".into());
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&self.block) {
+            return fail(format!("block time {:?}: use 10ms to 60s", self.block));
+        }
+        if self.visibility_timeout < Duration::from_millis(100) {
+            return fail(format!("visibility timeout {:?}: use at least 100ms", self.visibility_timeout));
+        }
+        if self.block >= self.visibility_timeout {
+            return fail(format!(
+                "block time {:?} must be shorter than the visibility timeout {:?}: dead workers' jobs are taken over between reads",
+                self.block, self.visibility_timeout
+            ));
+        }
+        if self.retry.base_delay > self.retry.max_delay {
+            return fail(format!(
+                "retry base delay {:?} is longer than the longest retry delay {:?}",
+                self.retry.base_delay, self.retry.max_delay
+            ));
+        }
+        Ok(())
     }
 
     fn reclaim_every(&self) -> Duration {
@@ -149,15 +191,6 @@ impl WorkerStats {
     }
 }
 
-/// Why a worker stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error("the worker has no handler; register at least one job kind")]
-    NoHandlers,
-    #[error("concurrency, batch size, max attempts and max deliveries must be at least 1")]
-    Zero,
-}
-
 /// State every task of a worker shares.
 pub(crate) struct Shared {
     pub(crate) pool: Pool,
@@ -190,14 +223,101 @@ impl HotMetrics {
     }
 }
 
-/// One consumer of a queue's consumer group.
+/// One consumer of a queue's consumer group, reading every partition of the queue, running each job with its
+/// kind's handler, at most `concurrency` at once in all.
+///
+/// ```no_run
+/// # async fn run(pool: jobstream::connection::Pool) -> jobstream::Result<()> {
+/// use jobstream::{Handlers, Queue, Worker, WorkerConfig};
+/// let handlers = Handlers::new().register_fn("send-email".parse()?, |job| async move {
+///     let to: String = job.payload()?;
+///     tracing::info!(%to, "sending");
+///     Ok(())
+/// });
+/// let worker = Worker::new(pool, &Queue::new("emails")?, handlers, WorkerConfig::default())?;
+/// worker.run(jobstream::shutdown::on_signals()?).await
+/// # }
+/// ```
 pub struct Worker {
-    shared: Arc<Shared>,
+    pool: Pool,
+    queue: Queue,
+    handlers: Handlers,
+    config: WorkerConfig,
+    metrics: Arc<Metrics>,
+    stats: Arc<WorkerStats>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("queue", &self.queue).field("config", &self.config).finish_non_exhaustive()
+    }
 }
 
 impl Worker {
-    /// A worker for the queue whose keys are `keys`.
-    pub fn new(pool: Pool, keys: Keys, handlers: Handlers, config: WorkerConfig) -> Self {
+    /// A worker for every partition of `queue`. Fails when `config` is invalid ([`WorkerConfig::validate`]) or
+    /// no handler is registered.
+    pub fn new(pool: Pool, queue: &Queue, handlers: Handlers, config: WorkerConfig) -> crate::Result<Self> {
+        config.validate()?;
+        if handlers.kinds().is_empty() {
+            return Err(crate::Error::Config("the worker has no handler; register at least one job kind".into()));
+        }
+        Ok(Self { pool, queue: queue.clone(), handlers, config, metrics: Arc::default(), stats: Arc::default() })
+    }
+
+    /// Records into `metrics` (a registry the caller serves, e.g. with [`crate::health::router`]) instead of a
+    /// private one.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The registry this worker records into: encode it for a `/metrics` endpoint.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// The counters of this worker, over all partitions.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
+    /// Checks the queue's partition count against its record in Redis (recording it on first use), then runs
+    /// one reader per partition until `shutdown` is cancelled, and drains. Redis being unreachable is not an
+    /// error: the worker retries with back-off until Redis returns or shutdown is requested.
+    pub async fn run(self, shutdown: CancellationToken) -> crate::Result<()> {
+        let record =
+            crate::partitions::PartitionRecord::new(self.queue.prefix(), self.queue.name(), self.queue.partitions())?;
+        record.check_at_start(&self.pool, &shutdown).await?;
+        let partitions = self.queue.partition_keys();
+        let mut config = self.config;
+        // Each partition runs its share of the concurrency.
+        config.concurrency = config.concurrency.div_ceil(partitions.len()).max(1);
+        let mut readers = tokio::task::JoinSet::new();
+        for keys in partitions {
+            let worker = PartitionWorker::new(self.pool.clone(), keys, self.handlers.clone(), config.clone())
+                .with_metrics(self.metrics.clone())
+                .with_stats(self.stats.clone());
+            readers.spawn(worker.run(shutdown.clone()));
+        }
+        let mut result = Ok(());
+        while let Some(finished) = readers.join_next().await {
+            if let Err(e) = finished {
+                shutdown.cancel();
+                result = Err(crate::Error::Config(format!("a partition's reader failed: {e}")));
+            }
+        }
+        result
+    }
+}
+
+/// One consumer of one partition's stream.
+pub(crate) struct PartitionWorker {
+    shared: Arc<Shared>,
+}
+
+impl PartitionWorker {
+    /// A worker for the partition whose keys are `keys`.
+    pub(crate) fn new(pool: Pool, keys: Keys, handlers: Handlers, config: WorkerConfig) -> Self {
         let metrics = Arc::<Metrics>::default();
         let hot = HotMetrics::new(&metrics, &keys, &handlers);
         let process_span_name = format!("process {}", keys.queue());
@@ -218,33 +338,23 @@ impl Worker {
     }
 
     /// Records into `metrics` instead of a private registry.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         let shared = Arc::get_mut(&mut self.shared).expect("not running yet");
         shared.hot = HotMetrics::new(&metrics, &shared.keys, &shared.handlers);
         shared.metrics = metrics;
         self
     }
 
-    /// The counters of this worker.
-    pub fn stats(&self) -> Arc<WorkerStats> {
-        self.shared.stats.clone()
+    /// Counts into `stats`, shared with the other partitions' workers.
+    pub(crate) fn with_stats(mut self, stats: Arc<WorkerStats>) -> Self {
+        Arc::get_mut(&mut self.shared).expect("not running yet").stats = stats;
+        self
     }
 
-    /// Runs until `shutdown` is cancelled, then drains. Redis being unreachable is not an error: the worker
-    /// retries with back-off until Redis returns or shutdown is requested.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    /// Runs until `shutdown` is cancelled, then drains.
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let shared = self.shared;
         let config = &shared.config;
-        if shared.handlers.kinds().is_empty() {
-            return Err(WorkerError::NoHandlers);
-        }
-        if config.concurrency == 0
-            || config.batch_size == 0
-            || config.retry.max_attempts == 0
-            || config.max_deliveries == 0
-        {
-            return Err(WorkerError::Zero);
-        }
         let give_up_acks = CancellationToken::new();
         let (acks, acker) = acker::spawn(
             shared.pool.clone(),
@@ -327,7 +437,6 @@ impl Worker {
         probe_stop.cancel();
         let _ = prober.await;
         tracing::info!("worker stopped");
-        Ok(())
     }
 }
 
@@ -394,8 +503,8 @@ impl<'a> Reader<'a> {
         let read = match self.read_from(&mut conn, count).await {
             // The group is created only when Redis says it is missing, by a script allowed under OOM, so a
             // consumer starts and keeps reading while Redis is at maxmemory.
-            Err(e) if queue::is_no_group(&e) => {
-                queue::ensure_group(&mut conn, &shared.keys, &shared.config.group).await?;
+            Err(e) if stream::is_no_group(&e) => {
+                stream::ensure_group(&mut conn, &shared.keys, &shared.config.group).await?;
                 if self.has_read {
                     tracing::warn!("the consumer group was gone (Redis restarted without persistence?); recreated it");
                 } else {
@@ -417,7 +526,7 @@ impl<'a> Reader<'a> {
         let shared = self.shared;
         let config = &shared.config;
         if Instant::now() >= self.next_reclaim {
-            let claimed = queue::claim_stale(
+            let claimed = stream::claim_stale(
                 conn,
                 &shared.keys,
                 &config.group,
@@ -445,6 +554,6 @@ impl<'a> Reader<'a> {
                 return Ok(claimed.deliveries);
             }
         }
-        queue::read_new(conn, &shared.keys, &config.group, &config.consumer, count, config.block).await
+        stream::read_new(conn, &shared.keys, &config.group, &config.consumer, count, config.block).await
     }
 }

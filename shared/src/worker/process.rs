@@ -19,8 +19,8 @@ use crate::job::{fields_from_raw, Job};
 use crate::loadprobe::Mark;
 use crate::metrics::DeadLabels;
 use crate::propagation::{self, ContextStatus, TraceHeaders};
-use crate::queue::{self, DeadLetter, DeadReason, Delivery};
 use crate::semconv;
+use crate::stream::{self, DeadLetter, DeadReason, Delivery};
 
 /// What became of one attempt.
 enum Outcome {
@@ -72,7 +72,10 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
                 delivery.delivery_count, shared.config.max_deliveries
             ),
         ),
-        Ok(job) => run_handler(shared, job, &span, mark.as_ref()).await,
+        Ok(mut job) => {
+            job.source = Some(shared.keys.queue().clone());
+            run_handler(shared, job, &span, mark.as_ref()).await
+        }
     };
     settle(shared, &delivery, outcome, &span, acks, mark).await;
     shared.in_flight.remove(&delivery.message_id);
@@ -166,10 +169,10 @@ async fn settle(
 /// Runs one settle move, trying again twice over about a quarter second when Redis refuses it (a dropped
 /// connection, a moment at maxmemory). Every move is all or nothing, so an error always means nothing was
 /// written and the entry is still pending.
-async fn settle_move<F, Fut>(shared: &Shared, mut attempt_move: F) -> Result<queue::Settled, String>
+async fn settle_move<F, Fut>(shared: &Shared, mut attempt_move: F) -> Result<stream::Settled, String>
 where
     F: FnMut(crate::connection::Connection) -> Fut,
-    Fut: std::future::Future<Output = redis::RedisResult<queue::Settled>>,
+    Fut: std::future::Future<Output = redis::RedisResult<stream::Settled>>,
 {
     let mut last_error = String::new();
     for pause_ms in [0, 50, 200] {
@@ -188,10 +191,10 @@ where
 }
 
 /// What a move that did not happen means for the entry, for the log: the truth about where the job is.
-fn not_moved(shared: &Shared, span: &tracing::Span, delivery: &Delivery, result: Result<queue::Settled, String>) {
+fn not_moved(shared: &Shared, span: &tracing::Span, delivery: &Delivery, result: Result<stream::Settled, String>) {
     match result {
-        Ok(queue::Settled::Moved) => {}
-        Ok(queue::Settled::NotOurs) => tracing::warn!(
+        Ok(stream::Settled::Moved) => {}
+        Ok(stream::Settled::NotOurs) => tracing::warn!(
             parent: span,
             message_id = %delivery.message_id,
             consumer = %shared.config.consumer,
@@ -213,10 +216,10 @@ async fn dead_letter(shared: &Shared, delivery: &Delivery, reason: DeadReason, e
         DeadLetter { reason, error, consumer: &shared.config.consumer, dead_maxlen: shared.config.dead_maxlen };
     let moved = settle_move(shared, |mut conn| {
         let letter = &letter;
-        async move { queue::dead_letter(&mut conn, &shared.keys, &shared.config.group, delivery, letter).await }
+        async move { stream::dead_letter(&mut conn, &shared.keys, &shared.config.group, delivery, letter).await }
     })
     .await;
-    if let Ok(queue::Settled::Moved) = moved {
+    if let Ok(stream::Settled::Moved) = moved {
         WorkerStats::add(&shared.stats.dead_lettered, 1);
         let queue = shared.keys.queue().to_string();
         shared.metrics.settled(&queue, kind_of(shared, delivery), "dead");
@@ -250,7 +253,7 @@ async fn schedule_retry(
         let fields = &fields;
         async move {
             let config = &shared.config;
-            queue::schedule_retry(
+            stream::schedule_retry(
                 &mut conn,
                 &shared.keys,
                 &config.group,
@@ -263,7 +266,7 @@ async fn schedule_retry(
         }
     })
     .await;
-    if let Ok(queue::Settled::Moved) = scheduled {
+    if let Ok(stream::Settled::Moved) = scheduled {
         WorkerStats::add(&shared.stats.retried, 1);
         shared.metrics.settled(shared.keys.queue().as_str(), kind_of(shared, delivery), "retried");
         span.add_event(
