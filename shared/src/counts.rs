@@ -40,7 +40,7 @@ pub fn key(keys: &Keys) -> String {
 }
 
 /// Records the queue's counters unless a record younger than [`RECORD_EVERY`] exists; true when it recorded.
-pub async fn record<C: ConnectionLike>(conn: &mut C, keys: &Keys) -> redis::RedisResult<bool> {
+pub(crate) async fn record<C: ConnectionLike>(conn: &mut C, keys: &Keys) -> redis::RedisResult<bool> {
     let recorded: i64 = RECORD
         .key(&keys.stream)
         .key(&keys.dead)
@@ -111,7 +111,11 @@ pub struct Rates {
 }
 
 /// The record to measure from at `now`: the newest at least [`WINDOW`] old, else the oldest.
-pub async fn baseline<C: ConnectionLike>(conn: &mut C, keys: &Keys, now: u64) -> redis::RedisResult<Option<Counts>> {
+pub(crate) async fn baseline<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    now: u64,
+) -> redis::RedisResult<Option<Counts>> {
     let since = now.saturating_sub(WINDOW.as_millis() as u64 + 2 * RECORD_EVERY.as_millis() as u64);
     let mut members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
         .arg(key(keys))
@@ -139,7 +143,7 @@ pub async fn baseline<C: ConnectionLike>(conn: &mut C, keys: &Keys, now: u64) ->
 }
 
 /// The counters now: the streams' `entries-added` (XINFO STREAM) and the groups' given numbers.
-pub async fn current<C: ConnectionLike>(
+pub(crate) async fn current<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
     groups: Vec<GroupCounts>,

@@ -44,15 +44,12 @@ impl fmt::Display for JobFailure {
 
 impl std::error::Error for JobFailure {}
 
-impl From<redis::RedisError> for JobFailure {
-    fn from(e: redis::RedisError) -> Self {
-        Self::new("redis_error", e.to_string())
-    }
-}
-
-impl From<crate::connection::PoolError> for JobFailure {
-    fn from(e: crate::connection::PoolError) -> Self {
-        Self::new("redis_unavailable", e.to_string())
+impl From<crate::Error> for JobFailure {
+    /// A library call that failed inside a handler fails the attempt (retried): `redis_unavailable` when Redis
+    /// could not be reached, `redis_error` otherwise.
+    fn from(e: crate::Error) -> Self {
+        let error_type = if matches!(e, crate::Error::Unavailable(_)) { "redis_unavailable" } else { "redis_error" };
+        Self::new(error_type, e.to_string())
     }
 }
 

@@ -290,21 +290,6 @@ pub fn fields_from_raw(raw: &[(Vec<u8>, Vec<u8>)]) -> Result<Fields, DecodeError
         .collect()
 }
 
-/// Converts a stream entry as redis-rs returns it into [`Fields`]; values must be UTF-8 text.
-pub fn fields_from_redis(map: impl IntoIterator<Item = (String, redis::Value)>) -> Result<Fields, DecodeError> {
-    map.into_iter()
-        .map(|(name, value)| match value {
-            redis::Value::BulkString(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => Ok((name, text)),
-                Err(_) => Err(DecodeError::NotUtf8(name)),
-            },
-            redis::Value::SimpleString(text) => Ok((name, text)),
-            redis::Value::Int(n) => Ok((name, n.to_string())),
-            _ => Err(DecodeError::NotUtf8(name)),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,11 +365,5 @@ mod tests {
         assert_eq!(fields_from_raw(&bad_value), Err(DecodeError::NotUtf8("payload".into())));
         let wide: Vec<_> = (0..=MAX_FIELDS).map(|i| (i.to_string().into_bytes(), Vec::new())).collect();
         assert_eq!(fields_from_raw(&wide), Err(DecodeError::TooManyFields { count: MAX_FIELDS + 1 }));
-    }
-
-    #[test]
-    fn non_utf8_values_are_refused() {
-        let map = vec![("payload".to_owned(), redis::Value::BulkString(vec![0xff, 0xfe]))];
-        assert_eq!(fields_from_redis(map), Err(DecodeError::NotUtf8("payload".into())));
     }
 }

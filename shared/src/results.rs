@@ -13,18 +13,12 @@ use std::time::Duration;
 
 use crate::connection::Pool;
 
-use crate::handler::JobFailure;
 use crate::job::JobId;
 use crate::keys::Keys;
 
 /// Counts one successful run of `job_id`; the `done` hash then expires `retention` after this write (`None`:
 /// never), in the same MULTI.
-pub async fn record_done(
-    pool: &Pool,
-    keys: &Keys,
-    job_id: &JobId,
-    retention: Option<Duration>,
-) -> Result<(), JobFailure> {
+pub async fn record_done(pool: &Pool, keys: &Keys, job_id: &JobId, retention: Option<Duration>) -> crate::Result<()> {
     let mut conn = pool.get().await?;
     let mut pipe = redis::pipe();
     pipe.atomic().cmd("HINCRBY").arg(&keys.done).arg(job_id.to_string()).arg(1).ignore();
@@ -42,7 +36,7 @@ pub async fn store_result(
     result_json: &str,
     ttl: Duration,
     retention: Option<Duration>,
-) -> Result<(), JobFailure> {
+) -> crate::Result<()> {
     let id = job_id.to_string();
     let mut conn = pool.get().await?;
     let mut pipe = redis::pipe();
