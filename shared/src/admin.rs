@@ -232,20 +232,6 @@ pub async fn dead_show(pool: &Pool, keys: &Keys, dead_id: &str) -> crate::Result
     Ok(entries.into_iter().next().map(|(dead_id, fields)| DeadEntry { dead_id, fields: lossy_raw(&fields) }))
 }
 
-/// An entry's fields as text (invalid UTF-8 replaced, non-string values in their debug form).
-#[doc(hidden)]
-pub fn lossy(map: HashMap<String, redis::Value>) -> std::collections::BTreeMap<String, String> {
-    map.into_iter()
-        .map(|(k, v)| {
-            let text = match v {
-                redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-                other => format!("{other:?}"),
-            };
-            (k, text)
-        })
-        .collect()
-}
-
 /// A dead entry put back on the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replayed {

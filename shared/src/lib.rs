@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod clock;
+#[cfg(feature = "cli")]
 pub mod config;
 pub mod connection;
 pub mod consumers;
@@ -15,6 +16,7 @@ pub mod counts;
 pub mod enqueue;
 pub mod error;
 pub mod handler;
+#[cfg(feature = "http")]
 pub mod health;
 pub mod job;
 pub mod keys;
@@ -29,6 +31,7 @@ pub mod retry;
 pub mod semconv;
 pub mod shutdown;
 pub(crate) mod stream;
+#[cfg(feature = "telemetry")]
 pub mod telemetry;
 pub mod worker;
 

@@ -64,11 +64,17 @@ pub fn job_fields(kind: &str) -> Vec<(String, String)> {
     ]
 }
 
+/// The entries of stream `key`, fields as text (bytes that are not UTF-8 replaced).
+pub fn entries_text(conn: &mut redis::Connection, key: &str) -> Vec<BTreeMap<String, String>> {
+    let reply: Vec<(String, Vec<Vec<u8>>)> =
+        redis::cmd("XRANGE").arg(key).arg("-").arg("+").query(conn).expect("XRANGE");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    reply.into_iter().map(|(_, flat)| flat.chunks(2).map(|kv| (text(&kv[0]), text(&kv[1]))).collect()).collect()
+}
+
 /// The dead stream's entries, fields as text.
 pub fn dead_entries(conn: &mut redis::Connection, queue: &str) -> Vec<BTreeMap<String, String>> {
-    let reply: redis::streams::StreamRangeReply =
-        redis::cmd("XRANGE").arg(keys(queue).dead).arg("-").arg("+").query(conn).expect("XRANGE dead");
-    reply.ids.into_iter().map(|entry| jobstream::admin::lossy(entry.map)).collect()
+    entries_text(conn, &keys(queue).dead)
 }
 
 /// Length of a key's stream (0 when missing).

@@ -40,9 +40,7 @@ fn json(text: &str) -> serde_json::Value {
 
 /// The payload field of the only entry of a queue's stream.
 fn stored_payloads(conn: &mut redis::Connection, queue: &str) -> Vec<String> {
-    let reply: redis::streams::StreamRangeReply =
-        redis::cmd("XRANGE").arg(keys(queue).stream).arg("-").arg("+").query(conn).unwrap();
-    reply.ids.into_iter().map(|e| jobstream::admin::lossy(e.map).remove("payload").unwrap()).collect()
+    entries_text(conn, &keys(queue).stream).into_iter().map(|mut e| e.remove("payload").unwrap()).collect()
 }
 
 #[test]

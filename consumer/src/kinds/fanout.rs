@@ -108,7 +108,9 @@ impl JobHandler for Fanout {
         };
         let jobs = (0..spec.children).map(|_| Job::new(kind.clone(), payload.clone())).collect();
         self.producer.enqueue_batch(jobs).await.map_err(|e| JobFailure::new("enqueue_failed", e.to_string()))?;
-        results::record_done(&self.pool, &super::keys_of(&self.prefix, &job)?, &job.id, self.retention).await.map_err(Into::into)
+        results::record_done(&self.pool, &super::keys_of(&self.prefix, &job)?, &job.id, self.retention)
+            .await
+            .map_err(Into::into)
     }
 }
 
