@@ -88,6 +88,12 @@ impl Error {
     }
 }
 
+impl From<crate::connection::ConnectError> for Error {
+    fn from(e: crate::connection::ConnectError) -> Self {
+        Error::Config(e.to_string())
+    }
+}
+
 #[doc(hidden)]
 impl From<redis::RedisError> for Error {
     fn from(e: redis::RedisError) -> Self {
