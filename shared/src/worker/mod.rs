@@ -4,24 +4,35 @@
 //! The read loop takes a semaphore permit per job before it reads, so it never holds more entries than it can
 //! run; each job runs in its own task and releases its permit when settled. Between reads of new entries it
 //! takes over entries other consumers left idle past the visibility timeout (they died), page by page.
-//! Alongside run two maintenance tasks: one moves due retries back to the stream, one renews the claim on
-//! jobs still running here. On shutdown the loop stops reading, waits up to the grace period for running jobs,
-//! and sends their acknowledgements; what does not finish stays pending, to be claimed by another worker.
+//! Alongside run the background duties: moving due retries back to the stream, renewing the claim on jobs
+//! still running here, trimming, recording the queue's counters and publishing load-test probes. On shutdown
+//! the loop stops reading, waits up to the grace period for running jobs, and sends their acknowledgements;
+//! what does not finish stays pending, to be claimed by another worker.
+//!
+//! One file per duty: this one holds the configuration and the orchestration of `PartitionWorker::run`;
+//! `read` (new and reclaimed entries, the group's creation), `attempt` (one attempt: decode, `process` span,
+//! handler), `settle` (what becomes of the entry, decided without Redis, then done), `acker` (batched XACK),
+//! and the background duties `promote`, `renew`, `trim`, `counts` and `probes`.
 
 mod acker;
-mod maintenance;
-mod process;
+mod attempt;
+mod counts;
+mod probes;
+mod promote;
+mod read;
+mod renew;
+mod settle;
+mod trim;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::connection::Pool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backoff::Backoff;
 use crate::handler::Handlers;
 use crate::keys::{GroupName, Keys};
 use crate::limits::Limits;
@@ -29,7 +40,6 @@ use crate::loadprobe::Probes;
 use crate::metrics::{KindHandles, Metrics, QueueLabels};
 use crate::queue::Queue;
 use crate::retry::RetryPolicy;
-use crate::stream::{self, Delivery};
 
 /// How long the acknowledgements of finished jobs may take to send at shutdown.
 const ACK_DRAIN: Duration = Duration::from_secs(5);
@@ -77,7 +87,8 @@ pub struct WorkerConfig {
 }
 
 /// How a `process` span relates to the context found on the entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum TraceMode {
     /// The span is a child of the producer's `send` span: one trace from producer to every attempt.
     #[default]
@@ -198,7 +209,7 @@ pub(crate) struct Shared {
     pub(crate) config: WorkerConfig,
     pub(crate) handlers: Handlers,
     pub(crate) stats: Arc<WorkerStats>,
-    pub(crate) in_flight: maintenance::InFlight,
+    pub(crate) in_flight: renew::InFlight,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) probes: Arc<Probes>,
     /// Metric handles of every registered kind, and the in-flight gauge, resolved once.
@@ -227,7 +238,7 @@ impl HotMetrics {
 /// kind's handler, at most `concurrency` at once in all.
 ///
 /// ```no_run
-/// # async fn run(pool: jobstream::connection::Pool) -> jobstream::Result<()> {
+/// # async fn run(pool: jobstream::connection::Pool) -> Result<(), Box<dyn std::error::Error>> {
 /// use jobstream::{Handlers, Queue, Worker, WorkerConfig};
 /// let handlers = Handlers::new().register_fn("send-email".parse()?, |job| async move {
 ///     let to: String = job.payload()?;
@@ -235,8 +246,8 @@ impl HotMetrics {
 ///     Ok(())
 /// });
 /// let worker = Worker::new(pool, &Queue::new("emails")?, handlers, WorkerConfig::default())?;
-/// worker.run(jobstream::shutdown::on_signals()?).await
-/// # }
+/// worker.run(jobstream::shutdown::on_signals()?).await?;
+/// # Ok(()) }
 /// ```
 pub struct Worker {
     pool: Pool,
@@ -328,7 +339,7 @@ impl PartitionWorker {
                 config,
                 handlers,
                 stats: Arc::default(),
-                in_flight: maintenance::InFlight::default(),
+                in_flight: renew::InFlight::default(),
                 metrics,
                 probes: Arc::default(),
                 hot,
@@ -364,16 +375,16 @@ impl PartitionWorker {
             give_up_acks.clone(),
         );
         let maintenance_stop = CancellationToken::new();
-        let promoter = tokio::spawn(maintenance::promote(shared.clone(), PROMOTE_EVERY, maintenance_stop.clone()));
+        let promoter = tokio::spawn(promote::promote(shared.clone(), PROMOTE_EVERY, maintenance_stop.clone()));
         let renewer =
-            tokio::spawn(maintenance::renew(shared.clone(), config.visibility_timeout / 3, maintenance_stop.clone()));
-        let trimmer = tokio::spawn(maintenance::trim(shared.clone(), TRIM_EVERY, maintenance_stop.clone()));
-        let recorder = tokio::spawn(maintenance::record_counts(shared.clone(), maintenance_stop.clone()));
+            tokio::spawn(renew::renew(shared.clone(), config.visibility_timeout / 3, maintenance_stop.clone()));
+        let trimmer = tokio::spawn(trim::trim(shared.clone(), TRIM_EVERY, maintenance_stop.clone()));
+        let recorder = tokio::spawn(counts::record(shared.clone(), maintenance_stop.clone()));
         let probe_stop = CancellationToken::new();
-        let prober = tokio::spawn(maintenance::publish_probes(shared.clone(), probe_stop.clone()));
+        let prober = tokio::spawn(probes::publish(shared.clone(), probe_stop.clone()));
         let permits = Arc::new(Semaphore::new(config.concurrency));
         let tasks = TaskTracker::new();
-        let mut reader = Reader::new(&shared);
+        let mut reader = read::Reader::new(&shared);
         tracing::info!(
             queue = %shared.keys.queue(),
             group = %config.group,
@@ -403,7 +414,7 @@ impl PartitionWorker {
                 let shared = shared.clone();
                 let acks = acks.clone();
                 tasks.spawn(async move {
-                    process::run(&shared, delivery, &acks).await;
+                    attempt::run(&shared, delivery, &acks).await;
                     drop(permit);
                 });
             }
@@ -450,110 +461,4 @@ fn take_more(first: OwnedSemaphorePermit, permits: &Arc<Semaphore>, max: usize) 
         }
     }
     held
-}
-
-/// Where the next entries come from: stale entries of dead consumers when a reclaim pass is due, else new ones.
-/// Keeps the group existing (recreating it after NOGROUP) and backs off while Redis is unreachable.
-struct Reader<'a> {
-    shared: &'a Shared,
-    /// Whether a read has succeeded: a group missing after that was lost (Redis restarted without persistence).
-    has_read: bool,
-    backoff: Backoff,
-    reclaim_cursor: String,
-    next_reclaim: Instant,
-}
-
-impl<'a> Reader<'a> {
-    fn new(shared: &'a Shared) -> Self {
-        Self {
-            shared,
-            has_read: false,
-            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
-            reclaim_cursor: "0-0".to_owned(),
-            next_reclaim: Instant::now(),
-        }
-    }
-
-    /// Up to `count` deliveries, or how long to wait before trying again.
-    async fn next(&mut self, count: usize) -> Result<Vec<Delivery>, Duration> {
-        match self.read(count).await {
-            Ok(deliveries) => {
-                if self.backoff.failures() > 0 {
-                    tracing::info!(after_failures = self.backoff.failures(), "Redis reachable again");
-                }
-                self.backoff.reset();
-                Ok(deliveries)
-            }
-            Err(e) => {
-                let delay = self.backoff.next_delay();
-                if self.backoff.failures() == 1 {
-                    tracing::warn!(error = %e, "reading the queue failed; retrying with back-off");
-                } else {
-                    tracing::debug!(error = %e, ?delay, "reading the queue failed again");
-                }
-                Err(delay)
-            }
-        }
-    }
-
-    async fn read(&mut self, count: usize) -> redis::RedisResult<Vec<Delivery>> {
-        let shared = self.shared;
-        let mut conn =
-            shared.pool.get().await.map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
-        let read = match self.read_from(&mut conn, count).await {
-            // The group is created only when Redis says it is missing, by a script allowed under OOM, so a
-            // consumer starts and keeps reading while Redis is at maxmemory.
-            Err(e) if stream::is_no_group(&e) => {
-                stream::ensure_group(&mut conn, &shared.keys, &shared.config.group).await?;
-                if self.has_read {
-                    tracing::warn!("the consumer group was gone (Redis restarted without persistence?); recreated it");
-                } else {
-                    tracing::info!(group = %shared.config.group, "created the consumer group");
-                }
-                self.read_from(&mut conn, count).await
-            }
-            other => other,
-        };
-        self.has_read |= read.is_ok();
-        read
-    }
-
-    async fn read_from(
-        &mut self,
-        conn: &mut crate::connection::Connection,
-        count: usize,
-    ) -> redis::RedisResult<Vec<Delivery>> {
-        let shared = self.shared;
-        let config = &shared.config;
-        if Instant::now() >= self.next_reclaim {
-            let claimed = stream::claim_stale(
-                conn,
-                &shared.keys,
-                &config.group,
-                &config.consumer,
-                config.visibility_timeout,
-                &self.reclaim_cursor,
-                count,
-            )
-            .await?;
-            if !claimed.deleted.is_empty() {
-                tracing::warn!(ids = ?claimed.deleted, "pending entries no longer in the stream were dropped from the group");
-            }
-            if claimed.next_cursor == "0-0" {
-                self.next_reclaim = Instant::now() + config.reclaim_every();
-            }
-            self.reclaim_cursor = claimed.next_cursor;
-            if !claimed.deliveries.is_empty() {
-                WorkerStats::add(&shared.stats.reclaimed, claimed.deliveries.len() as u64);
-                shared
-                    .metrics
-                    .reclaims
-                    .get_or_create(&QueueLabels { queue: shared.keys.queue().to_string() })
-                    .inc_by(claimed.deliveries.len() as u64);
-                tracing::info!(count = claimed.deliveries.len(), "took over jobs idle past the visibility timeout");
-                return Ok(claimed.deliveries);
-            }
-        }
-        stream::read_new(conn, &shared.keys, &config.group, &config.consumer, count, config.block).await
-    }
 }

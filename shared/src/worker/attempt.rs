@@ -1,0 +1,145 @@
+//! One attempt at a delivery: decode it, open the `process` span that continues the entry's trace, run the
+//! handler inside it (a panic caught and turned into a failure), and hand the outcome to [`super::settle`].
+
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt as _;
+use opentelemetry::trace::TraceContextExt;
+use tracing::field::Empty;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::acker::AckSender;
+use super::{settle, Shared, TraceMode};
+use crate::handler::JobFailure;
+use crate::job::{fields_from_raw, Job};
+use crate::loadprobe::Mark;
+use crate::propagation::{self, ContextStatus, TraceHeaders};
+use crate::semconv;
+use crate::stream::{DeadReason, Delivery};
+
+/// What became of one attempt.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// The handler succeeded.
+    Succeeded,
+    /// The handler failed (or panicked); the job (of this kind, on this attempt) may run again.
+    Failed { failure: JobFailure, kind: String, attempt: u32 },
+    /// Not run: the entry was delivered this many times without an outcome, more than the limit.
+    Poison { deliveries: u64 },
+    /// Not run, and never can be: the entry is not a job, or no handler knows its kind.
+    Dead(DeadReason, String),
+}
+
+/// Runs one attempt at `delivery` and settles its outcome; the entry counts as in flight (its claim renewed)
+/// until it is settled.
+pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
+    let decoded = fields_from_raw(&delivery.fields).and_then(|fields| Job::from_fields(fields, &shared.config.limits));
+    let span = process_span(shared, &delivery, decoded.as_ref().ok());
+    let mark = decoded.as_ref().ok().and_then(|job| shared.probes.mark(job));
+    let trace = match &decoded {
+        Ok(job) => job.trace.clone(),
+        Err(_) => raw_trace_headers(&delivery),
+    };
+    let (parent, status) = propagation::extract(&trace);
+    span.record(semconv::TRACE_CONTEXT, status.label());
+    propagation::record_truncation(&span, &trace);
+    match status {
+        ContextStatus::Continued => match shared.config.trace_mode {
+            TraceMode::Parent => {
+                let _ = span.set_parent(parent);
+            }
+            TraceMode::Link => span.add_link(parent.span().span_context().clone()),
+        },
+        ContextStatus::Invalid(ref e) => {
+            span.record(semconv::TRACE_CONTEXT_ERROR, e.to_string());
+            tracing::warn!(parent: &span, message_id = %delivery.message_id, error = %e, "trace context not continued; new root trace");
+        }
+        ContextStatus::Missing => {}
+    }
+
+    shared.stats.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let in_flight = &shared.hot.in_flight;
+    in_flight.inc();
+    shared.in_flight.insert(&delivery.message_id);
+    let outcome = match decoded {
+        Err(e) => Outcome::Dead(DeadReason::Undecodable, e.to_string()),
+        Ok(_) if delivery.delivery_count > shared.config.max_deliveries => {
+            Outcome::Poison { deliveries: delivery.delivery_count }
+        }
+        Ok(mut job) => {
+            job.source = Some(shared.keys.queue().clone());
+            run_handler(shared, job, &span, mark.as_ref()).await
+        }
+    };
+    settle::settle(shared, &delivery, outcome, &span, acks, mark).await;
+    shared.in_flight.remove(&delivery.message_id);
+    in_flight.dec();
+    shared.stats.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+async fn run_handler(shared: &Shared, job: Job, span: &tracing::Span, mark: Option<&Mark>) -> Outcome {
+    let (kind, attempt) = (job.kind.clone(), job.attempt);
+    if let Some(mark) = mark.filter(|_| attempt == 1) {
+        shared.probes.started(mark);
+    }
+    let wait = Duration::from_millis(crate::clock::now_ms().saturating_sub(job.enqueued_at_ms));
+    let started = Instant::now();
+    let future = match shared.handlers.dispatch(job) {
+        Some(future) => future,
+        None => return Outcome::Dead(DeadReason::UnknownKind, format!("no handler for kind {:?}", kind.as_str())),
+    };
+    // A panicking handler fails its job instead of the worker; caught in place, which costs less than a task.
+    let result = AssertUnwindSafe(future.instrument(span.clone())).catch_unwind().await;
+    // Every registered kind has its handles, and only a registered kind's job gets this far.
+    if let Some(hot) = shared.hot.kinds.get(kind.as_str()) {
+        hot.processing.observe(started.elapsed().as_secs_f64());
+        hot.queue_wait.observe(wait.as_secs_f64());
+    }
+    match result {
+        Ok(Ok(())) => Outcome::Succeeded,
+        Ok(Err(failure)) => Outcome::Failed { failure, kind: kind.as_str().to_owned(), attempt },
+        Err(panic) => {
+            // The panic hook (installed by `telemetry::init`) already logged it, in this span, as one line; the
+            // settle line that follows carries the message too.
+            let message = format!("handler panicked: {}", crate::handler::panic_message(&*panic));
+            Outcome::Failed { failure: JobFailure::new("panic", message), kind: kind.as_str().to_owned(), attempt }
+        }
+    }
+}
+
+/// The trace fields of an entry that did not decode, so its `process` span still joins the producer's trace.
+fn raw_trace_headers(delivery: &Delivery) -> TraceHeaders {
+    TraceHeaders::from_pairs(
+        delivery.fields.iter().filter_map(|(k, v)| Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?))),
+    )
+}
+
+fn process_span(shared: &Shared, delivery: &Delivery, job: Option<&Job>) -> tracing::Span {
+    // Values are recorded at creation (an absent `Option` records nothing): each later `record` costs a
+    // lookup in the subscriber, per job.
+    let job_id = job.map(|j| j.id.to_string());
+    tracing::info_span!(
+        "process",
+        otel.name = shared.process_span_name.as_str(),
+        otel.kind = "consumer",
+        messaging.system = semconv::MESSAGING_SYSTEM_REDIS,
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = shared.keys.queue().as_str(),
+        messaging.message.id = delivery.message_id.as_str(),
+        messaging.consumer.group.name = shared.config.group.as_str(),
+        messaging.client.id = shared.config.consumer.as_str(),
+        jobstream.delivery.count = delivery.delivery_count,
+        jobstream.reclaimed_from = delivery.reclaimed_from.as_ref().map(|(owner, _)| owner.as_str()),
+        jobstream.reclaimed_idle_ms = delivery.reclaimed_from.as_ref().map(|(_, idle_ms)| *idle_ms),
+        jobstream.job.id = job_id.as_deref(),
+        jobstream.job.kind = job.map(|j| j.kind.as_str()),
+        jobstream.job.attempt = job.map(|j| j.attempt),
+        jobstream.queue.wait_ms = job.map(|j| crate::clock::now_ms().saturating_sub(j.enqueued_at_ms)),
+        jobstream.trace.context = Empty,
+        jobstream.trace.context_error = Empty,
+        error.type = Empty,
+    )
+}

@@ -1,0 +1,322 @@
+//! Settles an attempt's outcome: [`decide`] says what becomes of the entry (acknowledged, scheduled to run
+//! again, or dead-lettered) without touching Redis; [`settle`] carries it out and says truthfully where the
+//! job is.
+//!
+//! A retry and a dead letter are each one all-or-nothing move (a Lua script that also acknowledges the
+//! entry), written only while the entry is still pending for this consumer: a move that did not happen leaves
+//! the entry pending, and the log says so instead of claiming an outcome.
+
+use std::time::Duration;
+
+use opentelemetry::trace::Status;
+use opentelemetry::KeyValue;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::acker::AckSender;
+use super::attempt::Outcome;
+use super::{Shared, WorkerStats};
+use crate::loadprobe::Mark;
+use crate::metrics::DeadLabels;
+use crate::retry::RetryPolicy;
+use crate::semconv;
+use crate::stream::{self, DeadLetter, DeadReason, Delivery, Settled};
+
+/// What becomes of an entry after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Decision {
+    /// Acknowledge it: the job is done.
+    Ack,
+    /// Schedule attempt `next_attempt` to run after `delay`, and acknowledge this one.
+    Retry { delay: Duration, next_attempt: u32 },
+    /// Move it to the dead stream, with why and the last error, and acknowledge it.
+    Dead(DeadReason, String),
+}
+
+/// Decides what becomes of the entry after `outcome`: a failure is retried while the job's kind has attempts
+/// left under `retry`, unless it is permanent; an entry never run is dead (a poison entry is one delivered more
+/// than `max_deliveries` times).
+pub(super) fn decide(outcome: &Outcome, retry: &RetryPolicy, max_deliveries: u64) -> Decision {
+    match outcome {
+        Outcome::Succeeded => Decision::Ack,
+        Outcome::Failed { failure, kind, attempt } => {
+            let max_attempts = retry.max_attempts_for(kind);
+            let reason = if failure.permanent {
+                DeadReason::Permanent
+            } else if *attempt >= max_attempts {
+                DeadReason::MaxAttempts
+            } else {
+                return Decision::Retry { delay: retry.delay_after(*attempt), next_attempt: attempt + 1 };
+            };
+            Decision::Dead(reason, format!("attempt {attempt} of {max_attempts}: {failure}"))
+        }
+        Outcome::Poison { deliveries } => Decision::Dead(
+            DeadReason::Poison,
+            format!(
+                "delivered {deliveries} times without an outcome (limit {max_deliveries}); it may crash its workers"
+            ),
+        ),
+        Outcome::Dead(reason, error) => Decision::Dead(*reason, error.clone()),
+    }
+}
+
+/// Settles `outcome`: records it on `span` and in the counters, then acknowledges the entry (through the
+/// batching acker), schedules its retry or dead-letters it.
+pub(super) async fn settle(
+    shared: &Shared,
+    delivery: &Delivery,
+    outcome: Outcome,
+    span: &tracing::Span,
+    acks: &AckSender,
+    mark: Option<Mark>,
+) {
+    let decision = decide(&outcome, &shared.config.retry, shared.config.max_deliveries);
+    match (&outcome, &decision) {
+        (Outcome::Succeeded, _) => {
+            WorkerStats::add(&shared.stats.succeeded, 1);
+            // Only a registered kind's handler can succeed, so its handles exist.
+            if let Some(hot) = shared.hot.kinds.get(kind_of(shared, delivery)) {
+                hot.succeeded.inc();
+            }
+        }
+        (Outcome::Failed { failure, .. }, _) => {
+            WorkerStats::add(&shared.stats.failed, 1);
+            mark_error(span, &failure.error_type, &failure.message);
+        }
+        (_, Decision::Dead(reason, error)) => mark_error(span, reason.as_str(), error),
+        (_, _) => {}
+    }
+    let moved = match &decision {
+        Decision::Ack => {
+            settle_event(span, &decision);
+            if !acks.send(delivery.message_id.clone(), mark) {
+                tracing::warn!(parent: span, message_id = %delivery.message_id, "acker stopped; job stays pending");
+            }
+            return;
+        }
+        Decision::Retry { delay, next_attempt } => schedule_retry(shared, delivery, *delay, *next_attempt).await,
+        Decision::Dead(reason, error) => dead_letter(shared, delivery, *reason, error).await,
+    };
+    match moved {
+        Ok(Settled::Moved) => moved_to(shared, delivery, span, &decision, &outcome),
+        Ok(Settled::NotOurs) => tracing::warn!(
+            parent: span,
+            message_id = %delivery.message_id,
+            consumer = %shared.config.consumer,
+            "the entry is no longer pending for this consumer (taken over while this consumer was paused, or already settled); its new owner settles it, nothing was written"
+        ),
+        Err(error) => tracing::error!(
+            parent: span,
+            message_id = %delivery.message_id,
+            consumer = %shared.config.consumer,
+            %error,
+            visibility_timeout = ?shared.config.visibility_timeout,
+            "settling failed and nothing was written: the entry stays pending for this consumer and is delivered again after the visibility timeout"
+        ),
+    }
+}
+
+/// Records a move that happened: the counters, the metric, the `settle` event and the log line saying where
+/// the job went.
+fn moved_to(shared: &Shared, delivery: &Delivery, span: &tracing::Span, decision: &Decision, outcome: &Outcome) {
+    let queue = shared.keys.queue().as_str();
+    let kind = kind_of(shared, delivery);
+    settle_event(span, decision);
+    match decision {
+        Decision::Retry { delay, .. } => {
+            WorkerStats::add(&shared.stats.retried, 1);
+            shared.metrics.settled(queue, kind, "retried");
+            if let Outcome::Failed { failure, .. } = outcome {
+                tracing::info!(parent: span, message_id = %delivery.message_id, error = %failure, ?delay, "job failed; retry scheduled");
+            }
+        }
+        Decision::Dead(reason, error) => {
+            WorkerStats::add(&shared.stats.dead_lettered, 1);
+            shared.metrics.settled(queue, kind, "dead");
+            let labels = DeadLabels { queue: queue.to_owned(), reason: reason.as_str().to_owned() };
+            shared.metrics.dead_letters.get_or_create(&labels).inc();
+            tracing::warn!(parent: span, message_id = %delivery.message_id, reason = reason.as_str(), %error, "job dead-lettered");
+        }
+        Decision::Ack => {}
+    }
+}
+
+/// Puts the job's next attempt in the delayed set, due after `delay`, and acknowledges this one.
+async fn schedule_retry(
+    shared: &Shared,
+    delivery: &Delivery,
+    delay: Duration,
+    next_attempt: u32,
+) -> Result<Settled, String> {
+    let due = crate::clock::now_ms() + delay.as_millis() as u64;
+    let next_attempt = next_attempt.to_string();
+    // The entry decoded as a job, so every name and value is UTF-8.
+    let mut fields: Vec<(&str, &str)> = delivery
+        .fields
+        .iter()
+        .filter(|(name, _)| name.as_slice() != crate::job::field::ATTEMPT.as_bytes())
+        .filter_map(|(name, value)| Some((std::str::from_utf8(name).ok()?, std::str::from_utf8(value).ok()?)))
+        .collect();
+    fields.push((crate::job::field::ATTEMPT, &next_attempt));
+    fields.sort_unstable();
+    let config = &shared.config;
+    settle_move(shared, |mut conn| {
+        let fields = &fields;
+        async move {
+            stream::schedule_retry(
+                &mut conn,
+                &shared.keys,
+                &config.group,
+                &config.consumer,
+                &delivery.message_id,
+                due,
+                fields,
+            )
+            .await
+        }
+    })
+    .await
+}
+
+/// Moves the entry to the dead stream with `reason` and `error`, and acknowledges it.
+async fn dead_letter(shared: &Shared, delivery: &Delivery, reason: DeadReason, error: &str) -> Result<Settled, String> {
+    let config = &shared.config;
+    let letter = DeadLetter { reason, error, consumer: &config.consumer, dead_maxlen: config.dead_maxlen };
+    settle_move(shared, |mut conn| {
+        let letter = &letter;
+        async move { stream::dead_letter(&mut conn, &shared.keys, &config.group, delivery, letter).await }
+    })
+    .await
+}
+
+/// Runs one settle move, trying again twice over about a quarter second when Redis refuses it (a dropped
+/// connection, a moment at maxmemory). Every move is all or nothing, so an error always means nothing was
+/// written and the entry is still pending.
+async fn settle_move<F, Fut>(shared: &Shared, mut attempt_move: F) -> Result<Settled, String>
+where
+    F: FnMut(crate::connection::Connection) -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<Settled>>,
+{
+    let mut last_error = String::new();
+    for pause_ms in [0, 50, 200] {
+        if pause_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        }
+        match shared.pool.get().await {
+            Ok(conn) => match attempt_move(conn).await {
+                Ok(settled) => return Ok(settled),
+                Err(e) => last_error = e.to_string(),
+            },
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    Err(last_error)
+}
+
+/// The entry's kind for metric labels when a handler knows it, else `unknown`, so that garbage on the stream
+/// cannot blow up the number of label values.
+fn kind_of<'a>(shared: &Shared, delivery: &'a Delivery) -> &'a str {
+    delivery
+        .field(crate::job::field::KIND)
+        .and_then(|kind| std::str::from_utf8(kind).ok())
+        .filter(|k| shared.handlers.knows(k))
+        .unwrap_or("unknown")
+}
+
+fn mark_error(span: &tracing::Span, error_type: &str, message: &str) {
+    span.record(semconv::ERROR_TYPE, error_type);
+    span.set_status(Status::error(message.to_owned()));
+}
+
+/// The `settle` event on the `process` span.
+fn settle_event(span: &tracing::Span, decision: &Decision) {
+    let attributes = match decision {
+        Decision::Ack => vec![KeyValue::new(semconv::SETTLE_OUTCOME, "ack")],
+        Decision::Retry { delay, next_attempt } => vec![
+            KeyValue::new(semconv::SETTLE_OUTCOME, "retry"),
+            KeyValue::new(semconv::RETRY_DELAY_MS, delay.as_millis() as i64),
+            KeyValue::new(semconv::RETRY_NEXT_ATTEMPT, i64::from(*next_attempt)),
+        ],
+        Decision::Dead(..) => vec![KeyValue::new(semconv::SETTLE_OUTCOME, "dead")],
+    };
+    span.add_event("settle", attributes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::JobFailure;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(1000),
+            ..Default::default()
+        }
+    }
+
+    fn failed(failure: JobFailure, attempt: u32) -> Outcome {
+        Outcome::Failed { failure, kind: "email".into(), attempt }
+    }
+
+    #[test]
+    fn a_success_is_acknowledged() {
+        assert_eq!(decide(&Outcome::Succeeded, &policy(), 5), Decision::Ack);
+    }
+
+    #[test]
+    fn a_failure_with_attempts_left_runs_again_after_the_back_off() {
+        for (attempt, full_ms) in [(1, 100), (2, 200)] {
+            match decide(&failed(JobFailure::new("timeout", "slow"), attempt), &policy(), 5) {
+                Decision::Retry { delay, next_attempt } => {
+                    assert_eq!(next_attempt, attempt + 1);
+                    let ms = delay.as_millis() as u64;
+                    assert!((full_ms / 2..=full_ms).contains(&ms), "attempt {attempt}: {ms} ms");
+                }
+                other => panic!("attempt {attempt}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_last_attempt_dies_with_its_error() {
+        assert_eq!(
+            decide(&failed(JobFailure::new("timeout", "slow"), 3), &policy(), 5),
+            Decision::Dead(DeadReason::MaxAttempts, "attempt 3 of 3: timeout: slow".into())
+        );
+    }
+
+    #[test]
+    fn a_permanent_failure_dies_at_once() {
+        assert_eq!(
+            decide(&failed(JobFailure::permanent("bad_payload", "not JSON"), 1), &policy(), 5),
+            Decision::Dead(DeadReason::Permanent, "attempt 1 of 3: bad_payload: not JSON".into())
+        );
+    }
+
+    #[test]
+    fn a_kind_s_own_attempts_override_the_queue_s() {
+        let mut policy = policy();
+        policy.max_attempts_by_kind.insert("email".into(), 1);
+        assert_eq!(
+            decide(&failed(JobFailure::new("timeout", "slow"), 1), &policy, 5),
+            Decision::Dead(DeadReason::MaxAttempts, "attempt 1 of 1: timeout: slow".into())
+        );
+    }
+
+    #[test]
+    fn an_entry_never_run_is_dead() {
+        assert_eq!(
+            decide(&Outcome::Poison { deliveries: 6 }, &policy(), 5),
+            Decision::Dead(
+                DeadReason::Poison,
+                "delivered 6 times without an outcome (limit 5); it may crash its workers".into()
+            )
+        );
+        let unknown = Outcome::Dead(DeadReason::UnknownKind, "no handler for kind \"x\"".into());
+        assert_eq!(
+            decide(&unknown, &policy(), 5),
+            Decision::Dead(DeadReason::UnknownKind, "no handler for kind \"x\"".into())
+        );
+    }
+}
