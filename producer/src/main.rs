@@ -26,7 +26,7 @@ async fn main() -> ExitCode {
     match run(cli::Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            eprintln!("error: {}", jobstream::config::one_line(e.chain()));
             if e.chain().any(|cause| cause.is::<Usage>()) {
                 ExitCode::from(2)
             } else {
@@ -80,21 +80,4 @@ async fn traced(settings: TelemetrySettings, work: impl Future<Output = anyhow::
     let result = work.await;
     telemetry.shutdown(Duration::from_secs(10)).await;
     result
-}
-
-/// The error and its causes on one line, each cause once: errors that print their source (`{0}`) would
-/// otherwise repeat it.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if line.contains(text.trim()) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(text.trim());
-    }
-    line.replace('\n', " ")
 }

@@ -26,6 +26,19 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A workspace binary with nothing but Redis, JSON logs and backtraces on in its environment: a user error must
+/// still be one line when `RUST_BACKTRACE=1` is set.
+pub fn plain(name: &str, redis: &RedisServer) -> Command {
+    let mut cmd = Command::new(bin(name));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("REDIS_URL", redis.url())
+        .env("JOBSTREAM_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .env("RUST_BACKTRACE", "1");
+    cmd
+}
+
 /// A `Command` for a workspace binary with tracing pointed at `sink` (http/protobuf) under `service`.
 pub fn traced(name: &str, redis: &RedisServer, sink: &OtlpSink, service: &str) -> Command {
     let mut cmd = Command::new(bin(name));

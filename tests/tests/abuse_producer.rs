@@ -8,19 +8,6 @@ use std::time::{Duration, Instant};
 
 use jobstream_tests::*;
 
-/// A workspace binary with nothing but Redis, JSON logs and backtraces on in its environment: a user error must
-/// still be one line when `RUST_BACKTRACE=1` is set.
-fn plain(name: &str, redis: &RedisServer) -> Command {
-    let mut cmd = Command::new(bin(name));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("REDIS_URL", redis.url())
-        .env("JOBSTREAM_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .env("RUST_BACKTRACE", "1");
-    cmd
-}
-
 fn run(mut cmd: Command, args: &[&str]) -> Output {
     cmd.args(args).output().expect("run binary")
 }
