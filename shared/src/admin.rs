@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use opentelemetry::trace::TraceContextExt;
 use redis::aio::ConnectionLike;
 use serde::Serialize;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -15,7 +14,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::connection::Pool;
 use crate::job::{field, fields_from_raw};
 use crate::keys::Keys;
-use crate::propagation::{self, ContextStatus, TraceHeaders};
+use crate::trace::propagation::{self, TraceHeaders};
 
 static REPLAY_DEAD: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("lua/replay_dead.lua")));
 
@@ -263,23 +262,7 @@ pub async fn replay(pool: &Pool, keys: &Keys, dead_id: &str) -> crate::Result<Re
     let mut job = crate::job::Job::from_fields(fields, &crate::limits::Limits { max_payload_bytes: usize::MAX })
         .map_err(|e| not_a_job(e.to_string()))?;
 
-    let queue = keys.queue().as_str();
-    let span = tracing::info_span!(
-        "send",
-        otel.name = format!("send {queue}"),
-        otel.kind = "producer",
-        messaging.system = crate::semconv::MESSAGING_SYSTEM_REDIS,
-        messaging.operation.type = "send",
-        messaging.operation.name = "replay",
-        messaging.destination.name = queue,
-        jobstream.job.id = %job.id,
-        jobstream.job.kind = %job.kind,
-        jobstream.job.attempt = 1,
-        jobstream.replay.of = dead_id,
-    );
-    if let (cx, ContextStatus::Continued) = propagation::extract(&old_trace) {
-        span.add_link(cx.span().span_context().clone());
-    }
+    let span = crate::trace::spans::replay(keys.queue().as_str(), &job, dead_id, &old_trace);
     job.trace = propagation::inject(&span.context()).unwrap_or_default();
     let mut invocation = REPLAY_DEAD.key(&keys.dead);
     invocation.key(&keys.stream).arg(dead_id).arg(crate::stream::MAX_SCRIPT_VALUES);

@@ -14,8 +14,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use crate::connection::Pool;
-use opentelemetry::trace::{Status, TraceContextExt, TraceId};
-use tracing::field::Empty;
+use opentelemetry::trace::{TraceContextExt, TraceId};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::error::Error;
@@ -24,9 +23,8 @@ use crate::keys::{IdempotencyKey, Keys, QueueName};
 use crate::limits::Limits;
 use crate::metrics::{JobLabels, Metrics, QueueLabels};
 use crate::partitions::PartitionRecord;
-use crate::propagation;
 use crate::queue::Queue;
-use crate::semconv;
+use crate::trace::{propagation, semconv, spans};
 use serde::Serialize;
 
 static ENQUEUE_ONCE: LazyLock<redis::Script> =
@@ -259,7 +257,7 @@ impl Producer {
         let mut spans = Vec::with_capacity(jobs.len());
         let mut pipe = redis::pipe();
         for job in &mut jobs {
-            let span = send_span(&self.span_name, queue, job);
+            let span = spans::send(&self.span_name, queue, job);
             let cx = span.context();
             job.trace = propagation::inject(&cx)?;
             let mut cmd = redis::cmd("XADD");
@@ -281,8 +279,7 @@ impl Producer {
             Ok(replies) => replies,
             Err(e) => {
                 for (span, _) in &spans {
-                    span.record(semconv::ERROR_TYPE, error_type(&e));
-                    span.set_status(Status::error(e.to_string()));
+                    spans::record_error(span, error_type(&e), &e.to_string());
                 }
                 self.count_error();
                 return Err(e);
@@ -304,8 +301,7 @@ impl Producer {
                     });
                 }
                 Err(e) => {
-                    span.record(semconv::ERROR_TYPE, "redis_error");
-                    span.set_status(Status::error(e.to_string()));
+                    spans::record_error(&span, "redis_error", &e.to_string());
                     failed += 1;
                     first_error.get_or_insert(e);
                 }
@@ -336,7 +332,7 @@ impl Producer {
             return Err(e);
         }
         let keys = &self.partitions[fnv1a(key.as_str().as_bytes()) as usize % self.partitions.len()];
-        let span = send_span(&self.span_name, keys.queue().as_str(), &job);
+        let span = spans::send(&self.span_name, keys.queue().as_str(), &job);
         let cx = span.context();
         job.trace = propagation::inject(&cx)?;
         let trace_id = cx.span().span_context().trace_id();
@@ -360,15 +356,13 @@ impl Producer {
             Err(_) => self.count_error(),
         }
         let (created, record, message_id) = result.inspect_err(|e| {
-            span.record(semconv::ERROR_TYPE, error_type(e));
-            span.set_status(Status::error(e.to_string()));
+            spans::record_error(&span, error_type(e), &e.to_string());
         })?;
         let (job_id, trace) = record.split_once(' ').unwrap_or((record.as_str(), ""));
         if created < 0 {
             let e =
                 EnqueueError::IdempotencyConflict { key: key.clone(), job_id: JobId::parse(job_id).unwrap_or(job.id) };
-            span.record(semconv::ERROR_TYPE, error_type(&e));
-            span.set_status(Status::error(e.to_string()));
+            spans::record_error(&span, error_type(&e), &e.to_string());
             return Err(e);
         }
         let duplicate = created == 0;
@@ -409,22 +403,4 @@ fn error_type(e: &EnqueueError) -> &'static str {
         EnqueueError::Partitions(_) => "partition_mismatch",
         _ => "redis_error",
     }
-}
-
-fn send_span(name: &str, queue: &str, job: &Job) -> tracing::Span {
-    tracing::info_span!(
-        "send",
-        otel.name = name,
-        otel.kind = "producer",
-        messaging.system = semconv::MESSAGING_SYSTEM_REDIS,
-        messaging.operation.type = "send",
-        messaging.operation.name = "send",
-        messaging.destination.name = queue,
-        messaging.message.id = Empty,
-        jobstream.job.id = %job.id,
-        jobstream.job.kind = job.kind.as_str(),
-        jobstream.job.attempt = job.attempt,
-        error.type = Empty,
-        jobstream.idempotent.duplicate = Empty,
-    )
 }

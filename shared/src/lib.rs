@@ -57,15 +57,14 @@ pub mod limits;
 pub mod loadprobe;
 pub mod metrics;
 pub mod partitions;
-pub mod propagation;
 pub mod queue;
 pub mod results;
 pub mod retry;
-pub mod semconv;
 pub mod shutdown;
 pub(crate) mod stream;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
+pub(crate) mod trace;
 pub mod worker;
 
 pub use enqueue::{Enqueued, Producer};
@@ -75,4 +74,5 @@ pub use job::{Job, JobId, JobKind, Payload};
 pub use keys::{GroupName, IdempotencyKey, Keys, QueueName};
 pub use limits::Limits;
 pub use queue::Queue;
+pub use trace::{propagation, semconv};
 pub use worker::{TraceMode, Worker, WorkerConfig, WorkerStats};

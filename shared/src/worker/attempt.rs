@@ -5,19 +5,16 @@ use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
-use opentelemetry::trace::TraceContextExt;
-use tracing::field::Empty;
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::acker::AckSender;
-use super::{settle, Shared, TraceMode};
+use super::{settle, Shared};
 use crate::handler::JobFailure;
 use crate::job::{fields_from_raw, Job};
 use crate::loadprobe::Mark;
-use crate::propagation::{self, ContextStatus, TraceHeaders};
-use crate::semconv;
 use crate::stream::{DeadReason, Delivery};
+use crate::trace::propagation::TraceHeaders;
+use crate::trace::spans;
 
 /// What became of one attempt.
 #[derive(Debug)]
@@ -36,28 +33,13 @@ pub(super) enum Outcome {
 /// until it is settled.
 pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
     let decoded = fields_from_raw(&delivery.fields).and_then(|fields| Job::from_fields(fields, &shared.config.limits));
-    let span = process_span(shared, &delivery, decoded.as_ref().ok());
+    let span = spans::process(shared.span_consumer(), &delivery, decoded.as_ref().ok());
     let mark = decoded.as_ref().ok().and_then(|job| shared.probes.mark(job));
     let trace = match &decoded {
         Ok(job) => job.trace.clone(),
         Err(_) => raw_trace_headers(&delivery),
     };
-    let (parent, status) = propagation::extract(&trace);
-    span.record(semconv::TRACE_CONTEXT, status.label());
-    propagation::record_truncation(&span, &trace);
-    match status {
-        ContextStatus::Continued => match shared.config.trace_mode {
-            TraceMode::Parent => {
-                let _ = span.set_parent(parent);
-            }
-            TraceMode::Link => span.add_link(parent.span().span_context().clone()),
-        },
-        ContextStatus::Invalid(ref e) => {
-            span.record(semconv::TRACE_CONTEXT_ERROR, e.to_string());
-            tracing::warn!(parent: &span, message_id = %delivery.message_id, error = %e, "trace context not continued; new root trace");
-        }
-        ContextStatus::Missing => {}
-    }
+    spans::continue_trace(&span, &trace, shared.config.trace_mode, &delivery.message_id);
 
     shared.stats.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let in_flight = &shared.hot.in_flight;
@@ -113,33 +95,5 @@ async fn run_handler(shared: &Shared, job: Job, span: &tracing::Span, mark: Opti
 fn raw_trace_headers(delivery: &Delivery) -> TraceHeaders {
     TraceHeaders::from_pairs(
         delivery.fields.iter().filter_map(|(k, v)| Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?))),
-    )
-}
-
-fn process_span(shared: &Shared, delivery: &Delivery, job: Option<&Job>) -> tracing::Span {
-    // Values are recorded at creation (an absent `Option` records nothing): each later `record` costs a
-    // lookup in the subscriber, per job.
-    let job_id = job.map(|j| j.id.to_string());
-    tracing::info_span!(
-        "process",
-        otel.name = shared.process_span_name.as_str(),
-        otel.kind = "consumer",
-        messaging.system = semconv::MESSAGING_SYSTEM_REDIS,
-        messaging.operation.type = "process",
-        messaging.operation.name = "process",
-        messaging.destination.name = shared.keys.queue().as_str(),
-        messaging.message.id = delivery.message_id.as_str(),
-        messaging.consumer.group.name = shared.config.group.as_str(),
-        messaging.client.id = shared.config.consumer.as_str(),
-        jobstream.delivery.count = delivery.delivery_count,
-        jobstream.reclaimed_from = delivery.reclaimed_from.as_ref().map(|(owner, _)| owner.as_str()),
-        jobstream.reclaimed_idle_ms = delivery.reclaimed_from.as_ref().map(|(_, idle_ms)| *idle_ms),
-        jobstream.job.id = job_id.as_deref(),
-        jobstream.job.kind = job.map(|j| j.kind.as_str()),
-        jobstream.job.attempt = job.map(|j| j.attempt),
-        jobstream.queue.wait_ms = job.map(|j| crate::clock::now_ms().saturating_sub(j.enqueued_at_ms)),
-        jobstream.trace.context = Empty,
-        jobstream.trace.context_error = Empty,
-        error.type = Empty,
     )
 }

@@ -224,6 +224,18 @@ pub(crate) struct HotMetrics {
     pub(crate) in_flight: prometheus_client::metrics::gauge::Gauge,
 }
 
+impl Shared {
+    /// What every `process` span of this worker shares.
+    pub(crate) fn span_consumer(&self) -> crate::trace::spans::Consumer<'_> {
+        crate::trace::spans::Consumer {
+            span_name: &self.process_span_name,
+            queue: self.keys.queue().as_str(),
+            group: self.config.group.as_str(),
+            consumer: &self.config.consumer,
+        }
+    }
+}
+
 impl HotMetrics {
     fn new(metrics: &Metrics, keys: &Keys, handlers: &Handlers) -> Self {
         let queue = keys.queue().as_str();

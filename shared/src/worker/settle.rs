@@ -8,18 +8,14 @@
 
 use std::time::Duration;
 
-use opentelemetry::trace::Status;
-use opentelemetry::KeyValue;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
-
 use super::acker::AckSender;
 use super::attempt::Outcome;
 use super::{Shared, WorkerStats};
 use crate::loadprobe::Mark;
 use crate::metrics::DeadLabels;
 use crate::retry::RetryPolicy;
-use crate::semconv;
 use crate::stream::{self, DeadLetter, DeadReason, Delivery, Settled};
+use crate::trace::spans;
 
 /// What becomes of an entry after an attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +26,17 @@ pub(super) enum Decision {
     Retry { delay: Duration, next_attempt: u32 },
     /// Move it to the dead stream, with why and the last error, and acknowledge it.
     Dead(DeadReason, String),
+}
+
+impl Decision {
+    /// The `settle` event that says it on the `process` span.
+    fn event(&self) -> spans::Settled {
+        match *self {
+            Self::Ack => spans::Settled::Ack,
+            Self::Retry { delay, next_attempt } => spans::Settled::Retry { delay, next_attempt },
+            Self::Dead(..) => spans::Settled::Dead,
+        }
+    }
 }
 
 /// Decides what becomes of the entry after `outcome`: a failure is retried while the job's kind has attempts
@@ -80,14 +87,14 @@ pub(super) async fn settle(
         }
         (Outcome::Failed { failure, .. }, _) => {
             WorkerStats::add(&shared.stats.failed, 1);
-            mark_error(span, &failure.error_type, &failure.message);
+            spans::record_error(span, &failure.error_type, &failure.message);
         }
-        (_, Decision::Dead(reason, error)) => mark_error(span, reason.as_str(), error),
+        (_, Decision::Dead(reason, error)) => spans::record_error(span, reason.as_str(), error),
         (_, _) => {}
     }
     let moved = match &decision {
         Decision::Ack => {
-            settle_event(span, &decision);
+            spans::settle_event(span, decision.event());
             if !acks.send(delivery.message_id.clone(), mark) {
                 tracing::warn!(parent: span, message_id = %delivery.message_id, "acker stopped; job stays pending");
             }
@@ -120,7 +127,7 @@ pub(super) async fn settle(
 fn moved_to(shared: &Shared, delivery: &Delivery, span: &tracing::Span, decision: &Decision, outcome: &Outcome) {
     let queue = shared.keys.queue().as_str();
     let kind = kind_of(shared, delivery);
-    settle_event(span, decision);
+    spans::settle_event(span, decision.event());
     match decision {
         Decision::Retry { delay, .. } => {
             WorkerStats::add(&shared.stats.retried, 1);
@@ -220,25 +227,6 @@ fn kind_of<'a>(shared: &Shared, delivery: &'a Delivery) -> &'a str {
         .and_then(|kind| std::str::from_utf8(kind).ok())
         .filter(|k| shared.handlers.knows(k))
         .unwrap_or("unknown")
-}
-
-fn mark_error(span: &tracing::Span, error_type: &str, message: &str) {
-    span.record(semconv::ERROR_TYPE, error_type);
-    span.set_status(Status::error(message.to_owned()));
-}
-
-/// The `settle` event on the `process` span.
-fn settle_event(span: &tracing::Span, decision: &Decision) {
-    let attributes = match decision {
-        Decision::Ack => vec![KeyValue::new(semconv::SETTLE_OUTCOME, "ack")],
-        Decision::Retry { delay, next_attempt } => vec![
-            KeyValue::new(semconv::SETTLE_OUTCOME, "retry"),
-            KeyValue::new(semconv::RETRY_DELAY_MS, delay.as_millis() as i64),
-            KeyValue::new(semconv::RETRY_NEXT_ATTEMPT, i64::from(*next_attempt)),
-        ],
-        Decision::Dead(..) => vec![KeyValue::new(semconv::SETTLE_OUTCOME, "dead")],
-    };
-    span.add_event("settle", attributes);
 }
 
 #[cfg(test)]

@@ -18,11 +18,11 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry::Context;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
+use super::semconv;
 use crate::job::{field, Fields};
 use crate::limits::{
     BAGGAGE_MAX_BYTES, BAGGAGE_MAX_MEMBERS, TRACESTATE_LONG_MEMBER_CHARS, TRACESTATE_MAX_CHARS, TRACESTATE_MAX_MEMBERS,
 };
-use crate::semconv;
 
 static PROPAGATOR: LazyLock<TextMapCompositePropagator> = LazyLock::new(|| {
     TextMapCompositePropagator::new(vec![Box::new(TraceContextPropagator::new()), Box::new(BaggagePropagator::new())])
