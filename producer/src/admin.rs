@@ -61,7 +61,7 @@ fn write_text(out: &mut impl Write, stats: &admin::QueueStats) -> std::io::Resul
     }
     for g in &stats.groups {
         let lag = g.lag.map_or_else(|| "?".to_owned(), |l| l.to_string());
-        let oldest = g.oldest_pending_age_ms.map_or_else(|| "-".to_owned(), |ms| seconds(ms));
+        let oldest = g.oldest_pending_age_ms.map_or_else(|| "-".to_owned(), seconds);
         writeln!(
             out,
             "  group {}: {} consumers, lag {lag}, {} pending, oldest pending {oldest}, {} acknowledged/s",

@@ -20,8 +20,7 @@ fn pool(redis: &RedisServer) -> jobstream::connection::Pool {
 }
 
 fn fast() -> WorkerConfig {
-    let mut config = WorkerConfig::default();
-    config.block = Duration::from_millis(100);
+    let mut config = WorkerConfig { block: Duration::from_millis(100), ..Default::default() };
     config.retry.base_delay = Duration::from_millis(10);
     config
 }
@@ -113,7 +112,8 @@ async fn an_invalid_worker_configuration_is_refused_at_construction() {
     let redis = RedisServer::start();
     let queue = Queue::new("config").unwrap();
     let handlers = || Handlers::new().register_fn("k".parse().unwrap(), |_job| async { Ok(()) });
-    let cases: Vec<(&str, Box<dyn Fn(&mut WorkerConfig)>)> = vec![
+    type Breaks = Box<dyn Fn(&mut WorkerConfig)>;
+    let cases: Vec<(&str, Breaks)> = vec![
         ("concurrency", Box::new(|c| c.concurrency = 0)),
         ("block time", Box::new(|c| c.block = Duration::ZERO)),
         ("shorter than the visibility timeout", Box::new(|c| c.visibility_timeout = Duration::from_secs(1))),
@@ -121,8 +121,7 @@ async fn an_invalid_worker_configuration_is_refused_at_construction() {
         ("retry base delay", Box::new(|c| c.retry.base_delay = Duration::from_secs(3600))),
     ];
     for (what, break_it) in cases {
-        let mut config = WorkerConfig::default();
-        config.block = Duration::from_secs(2);
+        let mut config = WorkerConfig { block: Duration::from_secs(2), ..Default::default() };
         break_it(&mut config);
         match Worker::new(pool(&redis), &queue, handlers(), config) {
             Err(Error::Config(message)) => assert!(message.contains(what), "{what}: {message}"),
