@@ -14,7 +14,7 @@ use crate::limits::{Limits, DEFAULT_MAX_PAYLOAD_BYTES};
 /// Where Redis is.
 #[derive(Args, Clone)]
 pub struct RedisArgs {
-    /// Redis URL: redis://[user:password@]host:port[/db], or rediss:// for TLS.
+    /// Redis URL: `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
     pub redis_url: String,
     /// PEM file of the CA that signed Redis's TLS certificate (with a rediss:// URL); without it the system's
@@ -58,7 +58,7 @@ impl RedisArgs {
 /// Which queue.
 #[derive(Args, Debug, Clone)]
 pub struct QueueArgs {
-    /// Queue name; its keys are <prefix>:{<queue>}...
+    /// Queue name; its keys are `<prefix>:{<queue>}...`
     #[arg(long, env = "JOBSTREAM_QUEUE", default_value = "jobs")]
     pub queue: QueueName,
     /// Prefix of every Redis key jobstream writes.
@@ -68,10 +68,10 @@ pub struct QueueArgs {
     /// (the largest value Redis stores).
     #[arg(long, env = "JOBSTREAM_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES, value_parser = payload_bytes)]
     pub max_payload_bytes: usize,
-    /// Split the queue into this many partitions, the queues <queue>:0 … <queue>:<n-1>, each its own stream
+    /// Split the queue into this many partitions, the queues `<queue>:0` … `<queue>:<n-1>`, each its own stream
     /// and hash slot: producers spread jobs over them, consumers read all of them. Producers and consumers of a
     /// queue must agree on it: the first to use the queue records the count in Redis
-    /// (<prefix>:{<queue>}:partitions) and the others refuse to start with another.
+    /// (`<prefix>:{<queue>}:partitions`) and the others refuse to start with another.
     #[arg(long, env = "JOBSTREAM_PARTITIONS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub partitions: u32,
 }

@@ -99,6 +99,13 @@ pub struct ClusterManager {
     client: redis::cluster::ClusterClient,
 }
 
+impl std::fmt::Debug for ClusterManager {
+    /// Shows nothing of the client: its settings hold the nodes' passwords.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterManager").finish_non_exhaustive()
+    }
+}
+
 impl deadpool::managed::Manager for ClusterManager {
     type Type = ClusterConnection;
     type Error = RedisError;
@@ -120,16 +127,35 @@ impl deadpool::managed::Manager for ClusterManager {
 /// Why a pool could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// redis-rs refused the URL (for a cluster, the node URLs): it does not parse, or no client can be made from it.
     #[error("invalid Redis URL {url}: {reason}")]
-    InvalidUrl { url: String, reason: String },
+    InvalidUrl {
+        /// The URL as given, password redacted ([`redact`]).
+        url: String,
+        /// Why redis-rs refused it.
+        reason: String,
+    },
+    /// The pool could not be built from valid settings; holds the cause's text.
     #[error("cannot build the Redis connection pool: {0}")]
     Pool(String),
+    /// [`PoolSettings::ca_file`] could not be read.
     #[error("cannot read the Redis CA file {path}: {source}")]
-    CaFile { path: String, source: std::io::Error },
+    CaFile {
+        /// The CA file's path.
+        path: String,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+    /// A CA file was given with a `redis://` URL, which does not use TLS.
     #[error("a Redis CA file is only used with TLS: the URL must start with rediss://, not {url}")]
-    CaWithoutTls { url: String },
+    CaWithoutTls {
+        /// The URL as given, password redacted ([`redact`]).
+        url: String,
+    },
+    /// The settings ask for something jobstream cannot do, e.g. a CA file with a cluster; holds what.
     #[error("not supported: {0}")]
     Unsupported(&'static str),
+    /// The cluster pool could not be built from valid settings; holds the cause's text.
     #[error("cannot build the Redis cluster connection pool: {0}")]
     ClusterPool(String),
 }

@@ -56,18 +56,24 @@ pub(crate) async fn record<C: ConnectionLike>(conn: &mut C, keys: &Keys) -> redi
 /// One group's counters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupCounts {
+    /// The consumer group's name.
     pub name: String,
     /// `entries-read`, when Redis can tell.
     pub read: Option<u64>,
+    /// `pending`: entries delivered to the group and not yet acknowledged.
     pub pending: u64,
 }
 
 /// The queue's cumulative counters at time `t` (unix ms).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Counts {
+    /// When the counters were read, in unix ms.
     pub t: u64,
+    /// The stream's `entries-added`: every entry ever added to it.
     pub added: u64,
+    /// The dead stream's `entries-added` (0 while it does not exist).
     pub dead: u64,
+    /// Every consumer group of the stream.
     pub groups: Vec<GroupCounts>,
 }
 

@@ -5,9 +5,9 @@
 //! costs one round trip. An enqueue reports success only for entries Redis answered with an id; when Redis
 //! refuses part of a pipeline (e.g. at `maxmemory`), the entries it did take are reported in the error.
 //!
-//! A producer of a queue ([`Producer::partitioned`]) checks the queue's partition record
-//! ([`crate::partitions`]) once, before its first enqueue. An idempotency key remembers the kind and payload it
-//! was used with: the same key with another job is refused ([`EnqueueError::IdempotencyConflict`]).
+//! A producer checks the queue's partition record ([`crate::partitions`]) once, before its first enqueue
+//! ([`Producer::check_partitions`]). An idempotency key remembers the kind and payload it was used with: the same
+//! key with another job is refused ([`EnqueueError::IdempotencyConflict`]).
 
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
@@ -72,6 +72,22 @@ pub struct Producer {
 struct RecordCheck {
     record: PartitionRecord,
     done: tokio::sync::OnceCell<()>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut metric_kinds: Option<Vec<&str>> =
+            self.metric_kinds.as_ref().map(|kinds| kinds.iter().map(JobKind::as_str).collect());
+        if let Some(kinds) = &mut metric_kinds {
+            kinds.sort_unstable();
+        }
+        f.debug_struct("Producer")
+            .field("queue", &self.queue)
+            .field("partitions", &self.partitions.len())
+            .field("limits", &self.limits)
+            .field("metric_kinds", &metric_kinds)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Producer {

@@ -62,6 +62,12 @@ pub trait JobHandler: Send + Sync + 'static {
 /// A handler made from an async closure.
 pub struct HandlerFn<F>(pub F);
 
+impl<F> fmt::Debug for HandlerFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("HandlerFn").finish_non_exhaustive()
+    }
+}
+
 impl<F, Fut> JobHandler for HandlerFn<F>
 where
     F: Fn(Job) -> Fut + Send + Sync + 'static,
@@ -89,6 +95,13 @@ impl<H: JobHandler> ErasedHandler for H {
 #[derive(Clone, Default)]
 pub struct Handlers {
     by_kind: HashMap<String, Arc<dyn ErasedHandler>>,
+}
+
+impl fmt::Debug for Handlers {
+    /// Shows the kinds that have a handler.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handlers").field("kinds", &self.kinds()).finish_non_exhaustive()
+    }
 }
 
 impl Handlers {

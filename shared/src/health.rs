@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the endpoints look at.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct HealthState {
     /// The process's Redis pool.
     pub pool: Pool,

@@ -45,20 +45,40 @@ pub type Fields = BTreeMap<String, String>;
 /// Why an entry could not be decoded into a job. Such an entry is dead-lettered with this text as the reason.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
+    /// A field the wire format requires is absent; holds its name.
     #[error("field `{0}` is missing")]
     MissingField(&'static str),
+    /// A field's value is not UTF-8; holds the field's name.
     #[error("field `{0}` is not valid UTF-8")]
     NotUtf8(String),
+    /// The `v` field names a wire version other than [`WIRE_VERSION`]; holds that version.
     #[error("wire version {0:?} is not supported (this worker reads version {WIRE_VERSION})")]
     UnsupportedVersion(String),
+    /// A field is present but its value does not parse (id, kind, payload, enqueue time or attempt).
     #[error("field `{field}` is invalid: {reason}")]
-    InvalidField { field: &'static str, reason: String },
+    InvalidField {
+        /// The field's name.
+        field: &'static str,
+        /// Why its value was refused.
+        reason: String,
+    },
+    /// The payload is longer than the worker's [`Limits::max_payload_bytes`].
     #[error("payload is {size} bytes; the limit is {limit}")]
-    PayloadTooLarge { size: usize, limit: usize },
+    PayloadTooLarge {
+        /// The payload's length in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A field name is not UTF-8; holds the name with invalid bytes replaced by U+FFFD.
     #[error("a field name is not valid UTF-8: {0:?}")]
     NameNotUtf8(String),
+    /// The entry has more than [`MAX_FIELDS`] fields.
     #[error("the entry has {count} fields; a job has at most {MAX_FIELDS}")]
-    TooManyFields { count: usize },
+    TooManyFields {
+        /// How many fields the entry has.
+        count: usize,
+    },
 }
 
 /// Most fields a job's entry may have: the wire format's nine plus room for other producers' own fields.
@@ -68,12 +88,20 @@ pub const MAX_FIELDS: usize = 256;
 /// Why a job could not be built for enqueueing.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum JobError {
+    /// The kind is empty, longer than 64 characters or has a character outside `[A-Za-z0-9._:-]`; holds it.
     #[error("job kind {0:?} is invalid: use 1 to 64 characters of letters, digits and . _ - :")]
     InvalidKind(String),
+    /// The payload text does not parse as JSON, or the value does not serialize to it; holds serde's message.
     #[error("payload is not JSON: {0}")]
     PayloadNotJson(String),
+    /// The payload is longer than [`Limits::max_payload_bytes`].
     #[error("payload is {size} bytes; the limit is {limit}")]
-    PayloadTooLarge { size: usize, limit: usize },
+    PayloadTooLarge {
+        /// The payload's length in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
 }
 
 /// A job id: a UUID, time-ordered (v7) when minted here, the same across retries.

@@ -13,12 +13,32 @@ pub const DEFAULT_GROUP: &str = "workers";
 /// Why a queue, group or prefix name was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NameError {
+    /// The name is the empty string.
     #[error("{what} must not be empty")]
-    Empty { what: &'static str },
+    Empty {
+        /// What was named, e.g. `queue name`.
+        what: &'static str,
+    },
+    /// The name is longer than its maximum.
     #[error("{what} is {len} characters long; at most {max} are allowed")]
-    TooLong { what: &'static str, len: usize, max: usize },
+    TooLong {
+        /// What was named, e.g. `queue name`.
+        what: &'static str,
+        /// The name's length in bytes.
+        len: usize,
+        /// The most allowed.
+        max: usize,
+    },
+    /// The name has a character it may not contain.
     #[error("{what} {value:?} contains {ch:?}; use letters, digits and . _ - : only")]
-    BadChar { what: &'static str, value: String, ch: char },
+    BadChar {
+        /// What was named, e.g. `queue name`.
+        what: &'static str,
+        /// The name as given.
+        value: String,
+        /// The first character refused.
+        ch: char,
+    },
 }
 
 fn parse_name(what: &'static str, value: &str, max: usize) -> Result<String, NameError> {

@@ -38,6 +38,8 @@
 //!   user can mount), `telemetry` (OTLP export and logs from the `OTEL_*` variables), `cli` (`config`: the
 //!   binaries' clap argument groups).
 
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+
 pub mod admin;
 pub mod backoff;
 pub mod clock;

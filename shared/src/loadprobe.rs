@@ -51,10 +51,18 @@ pub fn mark_fields(run: &Uuid, sent_us: u64) -> [(String, String); 2] {
 /// Why a run's published histograms could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    /// Reading the run's hashes from Redis failed.
     #[error(transparent)]
     Redis(#[from] crate::Error),
+    /// A field of a run's hash is not what a worker publishes: a bad name, a histogram that does not
+    /// deserialize or merge, a time that is not a number.
     #[error("field {field:?} of the run's hash is not a histogram: {reason}")]
-    Corrupt { field: String, reason: String },
+    Corrupt {
+        /// The field's name, `<consumer>:start`, `:ack` or `:last` when well formed.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 struct RunState {
@@ -87,10 +95,26 @@ pub struct Mark {
     sent_us: u64,
 }
 
+impl std::fmt::Debug for Mark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mark").field("run", &self.run.id).field("sent_us", &self.sent_us).finish()
+    }
+}
+
 /// The probe histograms of one worker, per run.
 #[derive(Default)]
 pub struct Probes {
     runs: Mutex<HashMap<String, Arc<Run>>>,
+}
+
+impl std::fmt::Debug for Probes {
+    /// Shows the ids of the runs measured, not their histograms.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ids: Vec<&str> = runs.keys().map(String::as_str).collect();
+        ids.sort_unstable();
+        f.debug_struct("Probes").field("runs", &ids).finish_non_exhaustive()
+    }
 }
 
 impl Probes {
@@ -179,6 +203,19 @@ pub struct Snapshot {
     start: Vec<u8>,
     ack: Vec<u8>,
     last_ack_us: u64,
+}
+
+impl std::fmt::Debug for Snapshot {
+    /// Shows the run and the sizes of the serialized histograms, not their bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("run", &self.run.id)
+            .field("version", &self.version)
+            .field("start_bytes", &self.start.len())
+            .field("ack_bytes", &self.ack.len())
+            .field("last_ack_us", &self.last_ack_us)
+            .finish()
+    }
 }
 
 /// Writes `snapshots` as `consumer`'s fields of each run's hash, in one pipeline.

@@ -1,4 +1,4 @@
-//! Prometheus metrics of a jobstream process, served on `/metrics` by [`crate::health`].
+//! Prometheus metrics of a jobstream process, served on `/metrics` by `health` (feature `http`).
 //!
 //! Job metrics are updated as jobs settle; queue gauges (length, lag, pending, oldest pending age, delayed,
 //! dead) are read from Redis when `/metrics` is scraped, so they are always current and cost nothing between
@@ -73,6 +73,7 @@ pub struct GroupLabels {
 }
 
 /// Every metric a jobstream process exports.
+#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     /// Attempts settled, by kind and outcome.

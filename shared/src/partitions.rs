@@ -122,9 +122,9 @@ impl PartitionRecord {
         }
     }
 
-    /// [`PartitionRecord::check_and_record`] at a process's start: while Redis does not answer, tries again with
-    /// back-off (up to 5 s apart, one warning) until it does or `stop` is cancelled. Only a disagreement (or an
-    /// unreadable record) is an error.
+    /// Compares the count with Redis's record, and records it when nothing is recorded yet, at a process's start:
+    /// while Redis does not answer, tries again with back-off (up to 5 s apart, one warning) until it does or
+    /// `stop` is cancelled. Only a disagreement (or an unreadable record) is an error.
     pub async fn check_at_start(&self, pool: &Pool, stop: &CancellationToken) -> Result<(), PartitionError> {
         let mut delay = Duration::from_millis(100);
         let mut warned = false;

@@ -24,14 +24,14 @@ static ENSURE_GROUP: LazyLock<redis::Script> =
 /// Most values (field names plus values) one XADD issued from a Lua script may carry: Lua's `unpack` fails
 /// past about 8,000, and a script must never fail halfway. Wider entries are dead-lettered packed into one
 /// field (see `lua/dead_letter.lua`); wider delayed members are dead-lettered whole.
-pub const MAX_SCRIPT_VALUES: usize = 7000;
+pub(crate) const MAX_SCRIPT_VALUES: usize = 7000;
 
 /// An entry's fields exactly as Redis holds them: names and values are bytes, in the entry's order.
-pub type RawFields = Vec<(Vec<u8>, Vec<u8>)>;
+pub(crate) type RawFields = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// One stream entry as delivered to this consumer.
 #[derive(Debug, Clone)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     /// The stream entry id.
     pub message_id: String,
     /// The entry's fields, byte for byte.
@@ -44,25 +44,29 @@ pub struct Delivery {
 
 impl Delivery {
     /// The value of the first field named `name`.
-    pub fn field(&self, name: &str) -> Option<&[u8]> {
+    pub(crate) fn field(&self, name: &str) -> Option<&[u8]> {
         self.fields.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| v.as_slice())
     }
 }
 
 /// Creates the consumer group at the start of the stream (and the stream itself) unless it exists. Runs as a
 /// script allowed under OOM, so consumers can start draining a queue while Redis is at maxmemory.
-pub async fn ensure_group<C: ConnectionLike>(conn: &mut C, keys: &Keys, group: &GroupName) -> redis::RedisResult<()> {
+pub(crate) async fn ensure_group<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    group: &GroupName,
+) -> redis::RedisResult<()> {
     let _created: i64 = ENSURE_GROUP.key(&keys.stream).arg(group.as_str()).invoke_async(conn).await?;
     Ok(())
 }
 
 /// True when the error says the group (or its stream) does not exist, e.g. after a restart without persistence.
-pub fn is_no_group(e: &redis::RedisError) -> bool {
+pub(crate) fn is_no_group(e: &redis::RedisError) -> bool {
     e.code() == Some("NOGROUP")
 }
 
 /// Reads up to `count` entries never delivered to the group, blocking up to `block` for the first one.
-pub async fn read_new<C: ConnectionLike>(
+pub(crate) async fn read_new<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
     group: &GroupName,
@@ -124,7 +128,7 @@ fn entry(value: redis::Value) -> Option<(String, RawFields)> {
 }
 
 /// Acknowledges entries; returns how many were still pending.
-pub async fn ack<C: ConnectionLike>(
+pub(crate) async fn ack<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
     group: &GroupName,
@@ -135,7 +139,7 @@ pub async fn ack<C: ConnectionLike>(
 
 /// Why a job was dead-lettered; the `dead.reason` field of the dead entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeadReason {
+pub(crate) enum DeadReason {
     /// The entry could not be decoded into a job.
     Undecodable,
     /// No handler knows the job's kind.
@@ -150,7 +154,7 @@ pub enum DeadReason {
 
 impl DeadReason {
     /// The wire form of the reason.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Undecodable => "undecodable",
             Self::UnknownKind => "unknown_kind",
@@ -163,7 +167,7 @@ impl DeadReason {
 
 /// What a dead entry records besides the job's own fields.
 #[derive(Debug, Clone)]
-pub struct DeadLetter<'a> {
+pub(crate) struct DeadLetter<'a> {
     /// Why it died.
     pub reason: DeadReason,
     /// The last error, as text.
@@ -182,7 +186,7 @@ fn maxlen_arg(cap: u64) -> u64 {
 
 /// How a settle step ended when Redis ran it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settled {
+pub(crate) enum Settled {
     /// The move happened: the entry is acknowledged and its job is where it was sent.
     Moved,
     /// Nothing was written: the entry is no longer pending for this consumer (it was taken over while this
@@ -203,7 +207,7 @@ impl Settled {
 /// Moves `delivery` to the dead stream, keeping all its fields (trace context included) byte for byte, and
 /// acknowledges it, all or nothing; nothing is written unless the entry is still pending for
 /// `letter.consumer`. On an error nothing was written either: the entry stays pending.
-pub async fn dead_letter<C: ConnectionLike>(
+pub(crate) async fn dead_letter<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
     group: &GroupName,
@@ -242,7 +246,7 @@ pub async fn dead_letter<C: ConnectionLike>(
 /// Puts a failed attempt's successor (`next_fields`, attempt already incremented) in the delayed set, due at
 /// `due_ms`, and acknowledges the attempt, all or nothing; nothing is written unless the entry is still
 /// pending for `consumer`.
-pub async fn schedule_retry<C: ConnectionLike>(
+pub(crate) async fn schedule_retry<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
     group: &GroupName,
@@ -268,7 +272,7 @@ pub async fn schedule_retry<C: ConnectionLike>(
 
 /// What one run of [`promote_due`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Promoted {
+pub(crate) struct Promoted {
     /// Due jobs moved to the stream.
     pub moved: usize,
     /// Due members that could not become an entry, moved to the dead stream with the reason.
@@ -279,14 +283,14 @@ pub struct Promoted {
 
 impl Promoted {
     /// Members taken out of the delayed set.
-    pub fn total(&self) -> usize {
+    pub(crate) fn total(&self) -> usize {
         self.moved + self.dead_lettered + self.stuck
     }
 }
 
 /// Moves up to `limit` jobs due by `now_ms` from the delayed set to the stream; a member that cannot be moved
 /// goes to the dead stream (capped at `dead_maxlen`, 0 for none) with the reason, so it never blocks the rest.
-pub async fn promote_due<C: ConnectionLike>(
+pub(crate) async fn promote_due<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
     now_ms: u64,
@@ -309,7 +313,7 @@ pub async fn promote_due<C: ConnectionLike>(
 }
 
 /// Resets the idle time of entries this consumer still owns; returns the ids it no longer owns.
-pub async fn renew_claims<C: ConnectionLike>(
+pub(crate) async fn renew_claims<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
     group: &GroupName,
@@ -324,7 +328,7 @@ pub async fn renew_claims<C: ConnectionLike>(
 
 /// One page of [`claim_stale`].
 #[derive(Debug, Default)]
-pub struct Claimed {
+pub(crate) struct Claimed {
     /// Where the next page starts; `0-0` when the scan wrapped around.
     pub next_cursor: String,
     /// Entries now owned by this consumer.
@@ -336,7 +340,7 @@ pub struct Claimed {
 /// Takes over up to `count` entries idle for at least `min_idle`, starting at `cursor` (XAUTOCLAIM). The
 /// owner, idle time and delivery count of each are read in the same script, so they describe exactly the
 /// entries claimed; the script runs while Redis is at maxmemory.
-pub async fn claim_stale<C: ConnectionLike>(
+pub(crate) async fn claim_stale<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
     group: &GroupName,
@@ -413,7 +417,10 @@ fn int(value: &redis::Value) -> u64 {
 
 /// The first stream id no consumer group may still need: below it every entry was delivered to every group
 /// and acknowledged. `None` when the stream has no group (then nothing is safe to trim).
-pub async fn oldest_needed<C: ConnectionLike>(conn: &mut C, keys: &Keys) -> redis::RedisResult<Option<(u64, u64)>> {
+pub(crate) async fn oldest_needed<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+) -> redis::RedisResult<Option<(u64, u64)>> {
     let groups: Vec<HashMap<String, redis::Value>> =
         match redis::cmd("XINFO").arg("GROUPS").arg(&keys.stream).query_async(conn).await {
             Ok(groups) => groups,
@@ -440,7 +447,7 @@ pub async fn oldest_needed<C: ConnectionLike>(conn: &mut C, keys: &Keys) -> redi
 /// Removes acknowledged entries older than `max_age` from the stream, never an entry some group has not
 /// acknowledged or not yet received (XTRIM MINID below [`oldest_needed`]); and dead entries older than
 /// `dead_max_age`. Returns how many entries each trim removed.
-pub async fn trim<C: ConnectionLike>(
+pub(crate) async fn trim<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
     max_age: Option<Duration>,

@@ -41,14 +41,39 @@ use tracing_subscriber::{EnvFilter, Layer};
 /// Why telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
+    /// A variable names a format, exporter or protocol jobstream does not offer.
     #[error("{var}={value:?} is not supported; use {supported}")]
-    Unsupported { var: &'static str, value: String, supported: &'static str },
+    Unsupported {
+        /// The variable's name.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// The values it may take.
+        supported: &'static str,
+    },
+    /// The OTLP exporter (or its HTTP client) could not be built.
     #[error("cannot build the OTLP exporter: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// `RUST_LOG` or `JOBSTREAM_TRACE_FILTER` is not a valid filter.
     #[error("invalid filter in {var}: {source}")]
-    Filter { var: &'static str, source: tracing_subscriber::filter::ParseError },
+    Filter {
+        /// The variable's name.
+        var: &'static str,
+        /// Why the filter does not parse.
+        source: tracing_subscriber::filter::ParseError,
+    },
+    /// A variable's value cannot be used: a CA file that cannot be read or holds no CA certificate, a time-out
+    /// that is not a number.
     #[error("{var}={value:?}: {reason}")]
-    Invalid { var: &'static str, value: String, reason: String },
+    Invalid {
+        /// The variable's name.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Another global tracing subscriber was installed first (telemetry set up twice in one process).
     #[error("a global tracing subscriber is already installed: {0}")]
     AlreadyInstalled(#[from] tracing_subscriber::util::TryInitError),
 }
@@ -130,6 +155,13 @@ impl Export {
 pub struct Telemetry {
     provider: SdkTracerProvider,
     export: Export,
+}
+
+impl std::fmt::Debug for Telemetry {
+    /// Shows where spans go, not the provider: its exporter holds the OTLP headers.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").field("export", &self.export).finish_non_exhaustive()
+    }
 }
 
 /// What [`init_with`] sets up.

@@ -157,10 +157,23 @@ impl Extractor for TraceHeaders {
 /// A trace field that breaks the W3C limits.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ContextError {
+    /// The `tracestate` to inject has more members or characters than W3C allows.
     #[error("tracestate has {members} members and {chars} characters; W3C allows {TRACESTATE_MAX_MEMBERS} members and {TRACESTATE_MAX_CHARS} characters")]
-    TracestateTooLarge { members: usize, chars: usize },
+    TracestateTooLarge {
+        /// How many list members it has.
+        members: usize,
+        /// Its length in characters.
+        chars: usize,
+    },
+    /// The `baggage` to inject has more members or bytes than W3C allows.
     #[error("baggage has {members} members and {bytes} bytes; W3C allows {BAGGAGE_MAX_MEMBERS} members and {BAGGAGE_MAX_BYTES} bytes")]
-    BaggageTooLarge { members: usize, bytes: usize },
+    BaggageTooLarge {
+        /// How many list members it has.
+        members: usize,
+        /// Its length in bytes.
+        bytes: usize,
+    },
+    /// An entry's `traceparent` holds no valid span context; holds its first 64 characters.
     #[error("traceparent {0:?} is malformed")]
     MalformedTraceparent(String),
 }
