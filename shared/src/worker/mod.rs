@@ -287,8 +287,8 @@ impl Worker {
         Ok(Self { pool, queue: queue.clone(), handlers, config, metrics: Arc::default(), stats: Arc::default() })
     }
 
-    /// Records into `metrics` (a registry the caller serves, e.g. with [`crate::health::router`]) instead of a
-    /// private one.
+    /// Records into `metrics` (a registry the caller serves, e.g. with `health::router`, feature `http`) instead
+    /// of a private one.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
         self
@@ -310,7 +310,21 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> crate::Result<()> {
         let record =
             crate::partitions::PartitionRecord::new(self.queue.prefix(), self.queue.name(), self.queue.partitions())?;
-        record.check_at_start(&self.pool, &shutdown).await?;
+        // The readers stop when the caller says so, or when the partition record disagrees with this worker.
+        let stop = shutdown.child_token();
+        // The check runs beside the readers, not before them: the record lives on one node of a Cluster, and
+        // while that node is down the partitions on the others must keep running. A disagreement found at any
+        // point stops the worker with that error (a reader of the wrong partitions finds nothing to run).
+        let checker = tokio::spawn({
+            let (pool, stop) = (self.pool.clone(), stop.clone());
+            async move {
+                let checked = record.check_at_start(&pool, &stop).await;
+                if checked.is_err() {
+                    stop.cancel();
+                }
+                checked
+            }
+        });
         let partitions = self.queue.partition_keys();
         let mut config = self.config;
         // Each partition runs its share of the concurrency.
@@ -320,16 +334,21 @@ impl Worker {
             let worker = PartitionWorker::new(self.pool.clone(), keys, self.handlers.clone(), config.clone())
                 .with_metrics(self.metrics.clone())
                 .with_stats(self.stats.clone());
-            readers.spawn(worker.run(shutdown.clone()));
+            readers.spawn(worker.run(stop.clone()));
         }
         let mut result = Ok(());
         while let Some(finished) = readers.join_next().await {
             if let Err(e) = finished {
-                shutdown.cancel();
+                stop.cancel();
                 result = Err(crate::Error::Config(format!("a partition's reader failed: {e}")));
             }
         }
-        result
+        // `check_at_start` returns once `stop` is cancelled, so this wait is short.
+        stop.cancel();
+        match checker.await {
+            Ok(Err(refused)) => Err(refused.into()),
+            _ => result,
+        }
     }
 }
 
