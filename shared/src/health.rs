@@ -121,7 +121,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         let header_read_timeout = std::env::var("JOBSTREAM_HEADER_READ_TIMEOUT")
             .ok()
-            .and_then(|text| crate::config::parse_duration(&text).ok())
+            .and_then(|text| humantime::parse_duration(&text).ok())
             .filter(|d| !d.is_zero())
             .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT);
         Self { header_read_timeout }
