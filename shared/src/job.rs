@@ -153,25 +153,9 @@ impl JobKind {
             Err(JobError::InvalidKind(value.to_owned()))
         }
     }
-
-    /// The kind as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for JobKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::str::FromStr for JobKind {
-    type Err = JobError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
+crate::keys::text_name!(JobKind, JobError);
 
 /// A job's data: JSON text, checked to be JSON and within the payload limit.
 #[derive(Debug, Clone, PartialEq, Eq)]

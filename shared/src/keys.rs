@@ -3,12 +3,36 @@
 //! Every key of one queue shares the hash tag `{Q}` so that all multi-key steps of a queue (move to the dead
 //! stream with XACK, schedule a retry) touch a single Redis Cluster slot and can run as one Lua script.
 
-use std::fmt;
-
 /// Default key prefix, see `DESIGN.md` §1.
 pub const DEFAULT_PREFIX: &str = "jobstream";
 /// Default consumer group name.
 pub const DEFAULT_GROUP: &str = "workers";
+
+/// The parts every name type shares: `as_str`, `Display`, and `FromStr` through the type's own `parse`.
+macro_rules! text_name {
+    ($name:ident, $error:ty) => {
+        impl $name {
+            /// The name as given.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+    };
+}
+pub(crate) use text_name;
 
 /// Why a queue, group or prefix name was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -64,25 +88,9 @@ impl QueueName {
     pub fn parse(value: &str) -> Result<Self, NameError> {
         parse_name("queue name", value, 128).map(Self)
     }
-
-    /// The name as given.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for QueueName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::str::FromStr for QueueName {
-    type Err = NameError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
+text_name!(QueueName, NameError);
 
 /// A consumer group name, same rules as a queue name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -93,11 +101,6 @@ impl GroupName {
     pub fn parse(value: &str) -> Result<Self, NameError> {
         parse_name("group name", value, 128).map(Self)
     }
-
-    /// The name as given.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl Default for GroupName {
@@ -106,18 +109,7 @@ impl Default for GroupName {
     }
 }
 
-impl fmt::Display for GroupName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::str::FromStr for GroupName {
-    type Err = NameError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
+text_name!(GroupName, NameError);
 
 /// A caller's idempotency key: 1 to 200 printable ASCII characters (`!` to `~`), no spaces, compared byte for
 /// byte (no case folding, trimming or Unicode normalisation).
@@ -152,19 +144,9 @@ impl IdempotencyKey {
             None => Ok(Self(value.to_owned())),
         }
     }
-
-    /// The key as given.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl std::str::FromStr for IdempotencyKey {
-    type Err = NameError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
+text_name!(IdempotencyKey, NameError);
 
 /// The Redis keys of one queue.
 #[derive(Debug, Clone, PartialEq, Eq)]

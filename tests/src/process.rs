@@ -184,3 +184,12 @@ pub fn consumer(redis: &RedisServer, sink: &OtlpSink, queue: &str, name: &str, e
         .args(extra);
     cmd
 }
+
+/// A process's stderr without its JSON log lines: what a user reads as the error.
+pub fn stderr_lines(out: &std::process::Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('{'))
+        .map(str::to_owned)
+        .collect()
+}

@@ -12,15 +12,6 @@ fn run(mut cmd: Command, args: &[&str]) -> Output {
     cmd.args(args).output().expect("run binary")
 }
 
-/// Stderr without its JSON log lines: what a user reads as the error.
-fn stderr_lines(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('{'))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// `producer serve` on a free port for `queue`, with a token and a 200-byte payload limit.
 fn serve(redis: &RedisServer, logs: &std::path::Path, queue: &str, extra: &[&str], env: &[(&str, &str)]) -> Service {
     let mut cmd = plain("producer", redis);

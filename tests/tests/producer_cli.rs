@@ -13,15 +13,6 @@ fn run(mut cmd: Command, args: &[&str]) -> Output {
     cmd.args(args).stdin(Stdio::null()).output().expect("run producer")
 }
 
-/// Stderr without its JSON log lines: what a user reads.
-fn stderr_lines(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('{'))
-        .map(str::to_owned)
-        .collect()
-}
-
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
 }
