@@ -11,9 +11,7 @@ use redis::aio::ConnectionLike;
 
 use crate::keys::{GroupName, Keys};
 
-static DEAD_LETTER: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("lua/dead_letter.lua")));
-static SCHEDULE_RETRY: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("lua/schedule_retry.lua")));
+static SETTLE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("lua/settle.lua")));
 static PROMOTE_DUE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("lua/promote_due.lua")));
 static RENEW_CLAIMS: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/renew_claims.lua")));
@@ -23,7 +21,7 @@ static ENSURE_GROUP: LazyLock<redis::Script> =
 
 /// Most values (field names plus values) one XADD issued from a Lua script may carry: Lua's `unpack` fails
 /// past about 8,000, and a script must never fail halfway. Wider entries are dead-lettered packed into one
-/// field (see `lua/dead_letter.lua`); wider delayed members are dead-lettered whole.
+/// field (see `lua/settle.lua`); wider delayed members are dead-lettered whole.
 pub(crate) const MAX_SCRIPT_VALUES: usize = 7000;
 
 /// An entry's fields exactly as Redis holds them: names and values are bytes, in the entry's order.
@@ -214,12 +212,13 @@ pub(crate) async fn dead_letter<C: ConnectionLike>(
     delivery: &Delivery,
     letter: &DeadLetter<'_>,
 ) -> redis::RedisResult<Settled> {
-    let mut invocation = DEAD_LETTER.key(&keys.stream);
+    let mut invocation = SETTLE.key(&keys.stream);
     invocation
         .key(&keys.dead)
         .arg(group.as_str())
         .arg(letter.consumer)
         .arg(&delivery.message_id)
+        .arg("dead")
         .arg(maxlen_arg(letter.dead_maxlen))
         .arg(MAX_SCRIPT_VALUES)
         .arg(12);
@@ -257,12 +256,13 @@ pub(crate) async fn schedule_retry<C: ConnectionLike>(
 ) -> redis::RedisResult<Settled> {
     let member: Vec<&str> = next_fields.iter().flat_map(|(k, v)| [*k, *v]).collect();
     let member = serde_json::to_string(&member).expect("strings always serialize");
-    let moved: i64 = SCHEDULE_RETRY
+    let moved: i64 = SETTLE
         .key(&keys.stream)
         .key(&keys.delayed)
         .arg(group.as_str())
         .arg(consumer)
         .arg(message_id)
+        .arg("retry")
         .arg(due_ms)
         .arg(member)
         .invoke_async(conn)
