@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use jobstream::config::{duration_between, parse_duration, QueueArgs, RedisArgs, Secret};
+use jobstream::config::{duration_between, parse_duration, parse_time, QueueArgs, RedisArgs, Secret};
 use jobstream::IdempotencyKey;
 
 /// jobstream producer: puts jobs on a Redis stream, each carrying the W3C trace context of its `send` span.
@@ -36,8 +36,8 @@ pub enum Command {
     Load(LoadArgs),
     /// Run the demo end to end: start consumers, send demo jobs, report what happened and one job's span tree.
     Demo(DemoArgs),
-    /// Serve the HTTP API: POST /v1/jobs {kind, payload} answers 202 {id, trace_id}; plus /healthz, /readyz,
-    /// /metrics. An incoming traceparent is continued through the queue to the worker.
+    /// Serve the HTTP API: POST /v1/jobs {kind, payload, delay?, run_at?} answers 202 {id, trace_id}; plus
+    /// /healthz, /readyz, /metrics. An incoming traceparent is continued through the queue to the worker.
     Serve(ServeArgs),
     /// Show a queue's numbers: length, lag, pending, oldest pending age, consumers, delayed and dead counts.
     Stats(StatsArgs),
@@ -74,6 +74,8 @@ pub struct ServeArgs {
     /// callers cannot create new series. Jobs of every kind are accepted.
     #[arg(long, env = "JOBSTREAM_METRIC_KINDS", value_delimiter = ',', default_value = "demo,noop,fanout")]
     pub metric_kinds: Vec<String>,
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
 }
 
 /// `producer stats`.
@@ -168,6 +170,24 @@ pub struct EnqueueArgs {
     /// How long an idempotency key is remembered.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub idempotency_ttl: Duration,
+    /// Run the job(s) this long from now (e.g. 30s, 5m, 2h): they wait in the queue's delayed set until then.
+    #[arg(long, value_parser = parse_duration, conflicts_with_all = ["at", "idempotency_key"])]
+    pub delay: Option<Duration>,
+    /// Run the job(s) at this time, RFC 3339 in UTC (e.g. 2026-12-01T09:00:00Z); a time in the past runs them
+    /// at once.
+    #[arg(long, value_parser = parse_time, conflicts_with = "idempotency_key")]
+    pub at: Option<std::time::SystemTime>,
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+}
+
+/// How scheduled jobs are traced.
+#[derive(Args, Debug)]
+pub struct ScheduleArgs {
+    /// A job scheduled further ahead than this is processed in a new trace linked to its `send` span
+    /// (`trace_mode=link` on the entry), so traces stay bounded.
+    #[arg(long, env = "JOBSTREAM_LINK_THRESHOLD", default_value = "1h", value_parser = parse_duration)]
+    pub link_threshold: Duration,
 }
 
 /// `producer load`.

@@ -3,10 +3,13 @@
 //! The payload comes from `--payload`, or from `--payload-file` (a file, or `-` for standard input) for payloads
 //! larger than a command line holds. It is read and checked against `--max-payload-bytes` before Redis is
 //! contacted: no more than the limit plus one byte is ever read, and a payload over it enqueues nothing.
+//!
+//! `--delay D` or `--at TIME` schedules the jobs: they wait in the queue's delayed set until then (one ZADD
+//! each); the line printed is the same.
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use jobstream::job::JobError;
@@ -28,7 +31,16 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
         None => args.payload.clone(),
     };
     let pool = args.redis.pool(2, Duration::from_secs(10))?;
-    let producer = Producer::new(pool, &args.queue.queue().map_err(usage)?).with_limits(args.queue.limits());
+    let producer = Producer::new(pool, &args.queue.queue().map_err(usage)?)
+        .with_limits(args.queue.limits())
+        .with_link_threshold(args.schedule.link_threshold);
+    let due = match (args.at, args.delay) {
+        (Some(at), _) => Some(at),
+        (None, Some(delay)) => {
+            Some(SystemTime::now().checked_add(delay).ok_or_else(|| usage("--delay is too far in the future"))?)
+        }
+        (None, None) => None,
+    };
     // A job that cannot be built is refused before Redis is asked anything.
     let first = producer.job_json(&args.kind, &payload).map_err(job_error)?;
     producer.check_partitions().await?;
@@ -39,6 +51,17 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
         if done.duplicate {
             eprintln!("idempotency key matched job {}: nothing enqueued", done.job_id);
         }
+        return Ok(());
+    }
+    if let Some(due) = due {
+        let done = producer.enqueue_job_at(first, due).await?;
+        writeln!(out, "{} {}", done.job_id, trace_text(&done))?;
+        for _ in 1..args.count {
+            let job = producer.job_json(&args.kind, &payload)?;
+            let done = producer.enqueue_job_at(job, due).await?;
+            writeln!(out, "{} {}", done.job_id, trace_text(&done))?;
+        }
+        out.flush()?;
         return Ok(());
     }
     let mut left = args.count;

@@ -1,5 +1,7 @@
 //! `producer serve`: the HTTP API. `POST /v1/jobs` with `{"kind", "payload", "idempotency_key"?}` answers
-//! `202 {"id", "trace_id"}`. The request's `traceparent` (and `tracestate`, `baggage`) is continued: the
+//! `202 {"id", "trace_id"}`. `delay` (a duration text such as `"30s"`, or a whole number of milliseconds) or
+//! `run_at` (RFC 3339 in UTC, e.g. `"2026-12-01T09:00:00Z"`) schedules the job for later; the answer then has
+//! `scheduled_for` (unix ms) and an empty `message_id`. A schedule takes no idempotency key. The request's `traceparent` (and `tracestate`, `baggage`) is continued: the
 //! SERVER span is its child and the job's `send` span the SERVER span's child, so one trace runs from the
 //! caller through the queue to the worker. `/healthz`, `/readyz` and `/metrics` are served on the same port.
 //!
@@ -10,7 +12,7 @@
 //! only when listed in `--metric-kinds`, so callers cannot create new series.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use axum::body::{Body, HttpBody as _};
@@ -47,6 +49,10 @@ struct NewJob {
     kind: String,
     payload: Option<Box<RawValue>>,
     idempotency_key: Option<String>,
+    /// Run the job this long from now: `"30s"`-style text or whole milliseconds.
+    delay: Option<serde_json::Value>,
+    /// Run the job at this RFC 3339 time (UTC).
+    run_at: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -55,6 +61,8 @@ struct Accepted {
     trace_id: Option<String>,
     message_id: String,
     duplicate: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheduled_for: Option<u64>,
 }
 
 /// An API error: a status and a JSON body `{"error", "id"?}`, with a `WWW-Authenticate` challenge on 401.
@@ -99,7 +107,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let producer = Producer::new(pool.clone(), &args.queue.queue().map_err(usage)?)
         .with_limits(args.queue.limits())
         .with_metrics(metrics.clone())
-        .with_metric_kinds(metric_kinds);
+        .with_metric_kinds(metric_kinds)
+        .with_link_threshold(args.schedule.link_threshold);
     // Refuse to start on a queue recorded with another partition count. If Redis does not answer yet, the
     // check runs again before the first enqueue.
     match producer.check_partitions().await {
@@ -152,11 +161,19 @@ async fn create_job(State(api): State<Api>, headers: HeaderMap, body: Result<Jso
         authorize(&api, &headers)?;
         let Json(new) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
         let key = idempotency_key(new.idempotency_key.as_deref(), &headers)?;
+        let due = due_time(new.delay.as_ref(), new.run_at.as_deref())?;
+        if key.is_some() && due.is_some() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "an idempotency key cannot be used with delay or run_at: send one or the other",
+            ));
+        }
         let payload = new.payload.as_deref().map_or("{}", RawValue::get);
         let job = api.producer.job_json(&new.kind, payload).map_err(job_error)?;
-        let done = match key {
-            Some(key) => api.producer.enqueue_job_once(job, &key, api.idempotency_ttl).await,
-            None => api.producer.enqueue_job(job).await,
+        let done = match (key, due) {
+            (Some(key), _) => api.producer.enqueue_job_once(job, &key, api.idempotency_ttl).await,
+            (None, Some(due)) => api.producer.enqueue_job_at(job, due).await,
+            (None, None) => api.producer.enqueue_job(job).await,
         }
         .map_err(enqueue_error)?;
         let status = if done.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
@@ -167,6 +184,7 @@ async fn create_job(State(api): State<Api>, headers: HeaderMap, body: Result<Jso
                 trace_id: done.trace_id.map(|t| t.to_string()),
                 message_id: done.message_id,
                 duplicate: done.duplicate,
+                scheduled_for: done.scheduled_for_ms,
             }),
         ))
     }
@@ -196,6 +214,33 @@ fn idempotency_key(field: Option<&str>, headers: &HeaderMap) -> Result<Option<Id
             "the idempotency_key field and the Idempotency-Key header differ; send one",
         )),
         (field, header) => Ok(field.or(header)),
+    }
+}
+
+/// When the job is to run: `delay` (`"30s"`-style text or whole milliseconds) or `run_at` (RFC 3339, UTC)
+/// from now; `None` for at once.
+fn due_time(delay: Option<&serde_json::Value>, run_at: Option<&str>) -> Result<Option<SystemTime>, ApiError> {
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
+    match (delay, run_at) {
+        (Some(_), Some(_)) => Err(bad("send delay or run_at, not both".to_owned())),
+        (Some(delay), None) => {
+            let delay = match delay {
+                serde_json::Value::Number(ms) => ms.as_u64().map(Duration::from_millis).ok_or_else(|| {
+                    bad(format!("delay {ms} is not a whole number of milliseconds (or a text such as \"30s\")"))
+                })?,
+                serde_json::Value::String(text) => jobstream::config::parse_duration(text)
+                    .map_err(|e| bad(format!("delay {text:?} is not a duration such as \"30s\": {e}")))?,
+                other => return Err(bad(format!("delay must be a text such as \"30s\" or milliseconds, not {other}"))),
+            };
+            SystemTime::now()
+                .checked_add(delay)
+                .map(Some)
+                .ok_or_else(|| bad("delay is too far in the future".to_owned()))
+        }
+        (None, Some(text)) => jobstream::config::parse_time(text).map(Some).map_err(|e| {
+            bad(format!("run_at {text:?} is not an RFC 3339 time in UTC such as \"2026-12-01T09:00:00Z\": {e}"))
+        }),
+        (None, None) => Ok(None),
     }
 }
 

@@ -108,6 +108,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> 
     humantime::parse_duration(text)
 }
 
+/// Parses an RFC 3339 time in UTC such as `2026-12-01T09:00:00Z` (fractions of a second allowed; the offset
+/// must be `Z`), for `--at` and `run_at`.
+pub fn parse_time(text: &str) -> Result<std::time::SystemTime, humantime::TimestampError> {
+    humantime::parse_rfc3339(text)
+}
+
 /// A flag's parser for a duration from `min` to `max` inclusive, for `#[arg(value_parser = ...)]`: a value out
 /// of range is refused at start-up with the range in the message, as clap reports any bad flag (exit status 2).
 pub fn duration_between(

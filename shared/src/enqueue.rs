@@ -8,10 +8,16 @@
 //! A producer checks the queue's partition record ([`crate::partitions`]) once, before its first enqueue
 //! ([`Producer::check_partitions`]). An idempotency key remembers the kind and payload it was used with: the same
 //! key with another job is refused ([`EnqueueError::IdempotencyConflict`]).
+//!
+//! A job may be scheduled to run later ([`Producer::enqueue_in`], [`Producer::enqueue_at`]): it waits in its
+//! partition's delayed set (the one retries use; workers move due members to the stream every 200 ms), its
+//! `send` span made when it is scheduled. A job scheduled further ahead than the producer's link threshold
+//! ([`Producer::with_link_threshold`], 1 h by default) carries `trace_mode=link`, so that workers process it in
+//! a new trace linked to its `send` span and traces stay bounded in time. Scheduling takes no idempotency key.
 
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::connection::Pool;
 use opentelemetry::trace::{TraceContextExt, TraceId};
@@ -49,7 +55,14 @@ pub struct Enqueued {
     /// True when an idempotency key matched an earlier job: nothing was enqueued, and the fields above
     /// describe that earlier job.
     pub duplicate: bool,
+    /// For a job scheduled to run later: the unix ms it is due at. It then waits in the delayed set and has no
+    /// stream entry yet, so [`Enqueued::message_id`] is empty. `None` for a job put on the stream at once.
+    pub scheduled_for_ms: Option<u64>,
 }
+
+/// How far ahead a job may be scheduled and still be processed in its creator's trace, by default
+/// ([`Producer::with_link_threshold`]).
+pub const DEFAULT_LINK_THRESHOLD: Duration = Duration::from_secs(3600);
 
 /// Enqueues jobs on one queue. Cheap to clone.
 #[derive(Clone)]
@@ -67,6 +80,8 @@ pub struct Producer {
     record: Option<Arc<RecordCheck>>,
     /// The kinds metrics are labelled with; others count as [`OTHER_KIND_LABEL`]. `None`: every kind.
     metric_kinds: Option<Arc<HashSet<JobKind>>>,
+    /// Jobs scheduled further ahead than this are processed in a new trace linked to their creation.
+    link_threshold: Duration,
 }
 
 struct RecordCheck {
@@ -86,6 +101,7 @@ impl std::fmt::Debug for Producer {
             .field("partitions", &self.partitions.len())
             .field("limits", &self.limits)
             .field("metric_kinds", &metric_kinds)
+            .field("link_threshold", &self.link_threshold)
             .finish_non_exhaustive()
     }
 }
@@ -108,7 +124,16 @@ impl Producer {
             span_name,
             record: Some(Arc::new(RecordCheck { record, done: tokio::sync::OnceCell::new() })),
             metric_kinds: None,
+            link_threshold: DEFAULT_LINK_THRESHOLD,
         }
+    }
+
+    /// Jobs scheduled further ahead than `threshold` ([`Producer::enqueue_at`]) are processed in a new trace
+    /// linked to their `send` span (`trace_mode=link` on the entry) instead of as its children, so a trace does
+    /// not span hours. [`DEFAULT_LINK_THRESHOLD`] (1 h) by default.
+    pub fn with_link_threshold(mut self, threshold: Duration) -> Self {
+        self.link_threshold = threshold;
+        self
     }
 
     /// Applies `limits` to the jobs this producer builds.
@@ -314,6 +339,7 @@ impl Producer {
                         message_id,
                         trace_id: (trace_id != TraceId::INVALID).then_some(trace_id),
                         duplicate: false,
+                        scheduled_for_ms: None,
                     });
                 }
                 Err(e) => {
@@ -391,9 +417,95 @@ impl Producer {
             message_id,
             trace_id: TraceId::from_hex(trace).ok().filter(|t| *t != TraceId::INVALID),
             duplicate,
+            scheduled_for_ms: None,
         })
     }
 }
+
+impl Producer {
+    /// Enqueues one job of `kind` with `payload` to run `delay` from now ([`Producer::enqueue_job_at`]).
+    ///
+    /// ```no_run
+    /// # async fn send(producer: &jobstream::Producer) -> jobstream::Result<()> {
+    /// let sent = producer.enqueue_in("send-email", &"a@example.com", std::time::Duration::from_secs(30)).await?;
+    /// println!("{} due at {:?}", sent.job_id, sent.scheduled_for_ms);
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue_in<T: Serialize + ?Sized>(
+        &self,
+        kind: &str,
+        payload: &T,
+        delay: Duration,
+    ) -> Result<Enqueued, EnqueueError> {
+        let job = self.job(kind, payload)?;
+        let due = SystemTime::now().checked_add(delay).unwrap_or(UNIX_EPOCH + Duration::from_millis(LATEST_DUE_MS));
+        self.enqueue_job_at(job, due).await
+    }
+
+    /// Enqueues one job of `kind` with `payload` to run at `due` ([`Producer::enqueue_job_at`]).
+    pub async fn enqueue_at<T: Serialize + ?Sized>(
+        &self,
+        kind: &str,
+        payload: &T,
+        due: SystemTime,
+    ) -> Result<Enqueued, EnqueueError> {
+        self.enqueue_job_at(self.job(kind, payload)?, due).await
+    }
+
+    /// Schedules `job` to run at `due`: it waits in its partition's delayed set until then and is put on the
+    /// stream by a worker (within the workers' 200 ms promotion period; with no worker running it waits). A due
+    /// time now or in the past enqueues it at once, as [`Producer::enqueue_job`] does. The `send` span is made
+    /// now, with the `jobstream.job.scheduled_for` attribute and a `scheduled` event; a job due further ahead
+    /// than the link threshold ([`Producer::with_link_threshold`]) is marked `trace_mode=link`. A scheduled
+    /// job's [`Enqueued::message_id`] is empty (it has no entry yet) and [`Enqueued::scheduled_for_ms`] is set.
+    pub async fn enqueue_job_at(&self, mut job: Job, due: SystemTime) -> Result<Enqueued, EnqueueError> {
+        let due_ms = due.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis().min(u128::from(LATEST_DUE_MS)) as u64);
+        let now_ms = crate::clock::now_ms();
+        if due_ms <= now_ms {
+            return self.enqueue_job(job).await;
+        }
+        if let Err(e) = self.check_partitions().await {
+            self.count_error();
+            return Err(e);
+        }
+        let keys = &self.partitions[job.id.partition(self.partitions.len())];
+        let linked = Duration::from_millis(due_ms - now_ms) > self.link_threshold;
+        if linked {
+            job.extra.insert(crate::job::field::TRACE_MODE.to_owned(), crate::job::field::TRACE_MODE_LINK.to_owned());
+        }
+        let span = spans::send(&self.span_name, keys.queue().as_str(), &job);
+        spans::scheduled(&span, due_ms, linked);
+        let cx = span.context();
+        job.trace = propagation::inject(&cx)?;
+        let trace_id = cx.span().span_context().trace_id();
+        // The member is the entry's field/value strings as one JSON array: exactly what a retry leaves there.
+        let fields = job.to_fields();
+        let member: Vec<&str> = fields.iter().flat_map(|(k, v)| [*k, v.as_str()]).collect();
+        let member = serde_json::to_string(&member).expect("strings always serialize");
+        let result: Result<i64, EnqueueError> = async {
+            let mut conn = self.pool.get().await?;
+            Ok(redis::cmd("ZADD").arg(&keys.delayed).arg(due_ms).arg(member).query_async(&mut conn).await?)
+        }
+        .await;
+        if let Err(e) = result {
+            spans::record_error(&span, error_type(&e), &e.to_string());
+            self.count_error();
+            return Err(e);
+        }
+        self.count_enqueued(&job.kind);
+        Ok(Enqueued {
+            job_id: job.id,
+            message_id: String::new(),
+            trace_id: (trace_id != TraceId::INVALID).then_some(trace_id),
+            duplicate: false,
+            scheduled_for_ms: Some(due_ms),
+        })
+    }
+}
+
+/// The latest due time a schedule records, in unix ms: 2^53, the largest a sorted set's score (a double) holds
+/// exactly; later times are cut to it.
+const LATEST_DUE_MS: u64 = 1 << 53;
 
 /// What an idempotency key is compared by: the hex SHA-1 of `<kind>\n<payload>` (a kind holds no newline), the
 /// payload as its JSON text, byte for byte.

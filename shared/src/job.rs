@@ -37,6 +37,12 @@ pub mod field {
     pub const TRACESTATE: &str = "tracestate";
     /// W3C `baggage`.
     pub const BAGGAGE: &str = "baggage";
+    /// Optional: `link` asks workers to process the job in a new trace linked to its `send` span, whatever
+    /// their queue-wide trace mode (set on jobs scheduled further ahead than the producer's link threshold).
+    /// Other values are ignored; workers that do not know the field run the job as usual.
+    pub const TRACE_MODE: &str = "trace_mode";
+    /// The value of [`TRACE_MODE`] that asks for a linked trace.
+    pub const TRACE_MODE_LINK: &str = "link";
 }
 
 /// A stream entry's fields as strings, ordered by name.

@@ -48,3 +48,9 @@ pub const RECLAIMED_FROM: &str = "jobstream.reclaimed_from";
 pub const RECLAIMED_IDLE_MS: &str = "jobstream.reclaimed_idle_ms";
 /// True on a `send` span whose idempotency key matched an earlier job (nothing was enqueued).
 pub const IDEMPOTENT_DUPLICATE: &str = "jobstream.idempotent.duplicate";
+/// Unix ms a scheduled job is due at, on its `send` span and `scheduled` event (absent for a job enqueued to run
+/// at once).
+pub const JOB_SCHEDULED_FOR: &str = "jobstream.job.scheduled_for";
+/// `link` or `parent`: how the `process` spans of a scheduled job relate to its `send` span, on the `scheduled`
+/// event (`link` when it was scheduled further ahead than the producer's link threshold).
+pub const JOB_TRACE_MODE: &str = "jobstream.job.trace_mode";

@@ -30,7 +30,21 @@ pub(crate) fn send(name: &str, queue: &str, job: &Job) -> Span {
         jobstream.job.attempt = job.attempt,
         error.type = Empty,
         jobstream.idempotent.duplicate = Empty,
+        jobstream.job.scheduled_for = Empty,
     )
+}
+
+/// Marks a `send` span as scheduling its job for `due_ms` (unix ms): the `jobstream.job.scheduled_for`
+/// attribute and a `scheduled` event, which also says whether the job will run in a linked trace.
+pub(crate) fn scheduled(span: &Span, due_ms: u64, linked: bool) {
+    span.record(semconv::JOB_SCHEDULED_FOR, due_ms);
+    span.add_event(
+        "scheduled",
+        vec![
+            KeyValue::new(semconv::JOB_SCHEDULED_FOR, due_ms as i64),
+            KeyValue::new(semconv::JOB_TRACE_MODE, if linked { "link" } else { "parent" }),
+        ],
+    );
 }
 
 /// The `send <Q>` span of dead entry `dead_id` put back on queue `queue` as `job`, linked to the trace it

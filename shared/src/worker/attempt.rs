@@ -8,9 +8,9 @@ use futures_util::FutureExt as _;
 use tracing::Instrument;
 
 use super::acker::AckSender;
-use super::{settle, Shared};
+use super::{settle, Shared, TraceMode};
 use crate::handler::JobFailure;
-use crate::job::{fields_from_raw, Job};
+use crate::job::{field, fields_from_raw, Job};
 use crate::loadprobe::Mark;
 use crate::stream::{DeadReason, Delivery};
 use crate::trace::propagation::TraceHeaders;
@@ -39,7 +39,13 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
         Ok(job) => job.trace.clone(),
         Err(_) => raw_trace_headers(&delivery),
     };
-    spans::continue_trace(&span, &trace, shared.config.trace_mode, &delivery.message_id);
+    // A job marked `trace_mode=link` (scheduled far ahead) is linked whatever the queue-wide mode.
+    let mode = if delivery.field(field::TRACE_MODE) == Some(field::TRACE_MODE_LINK.as_bytes()) {
+        TraceMode::Link
+    } else {
+        shared.config.trace_mode
+    };
+    spans::continue_trace(&span, &trace, mode, &delivery.message_id);
 
     shared.stats.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let in_flight = &shared.hot.in_flight;
