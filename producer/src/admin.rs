@@ -10,7 +10,7 @@ use jobstream::config::{QueueArgs, RedisArgs};
 use crate::cli::{DeadCommand, StatsArgs};
 use crate::usage;
 
-async fn connect(redis: &RedisArgs) -> anyhow::Result<jobstream::connection::Pool> {
+pub(crate) async fn connect(redis: &RedisArgs) -> anyhow::Result<jobstream::connection::Pool> {
     let pool = redis.pool(1, Duration::from_secs(10))?;
     pool.ping()
         .await

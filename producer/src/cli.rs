@@ -44,6 +44,10 @@ pub enum Command {
     /// Inspect and act on dead-lettered jobs.
     #[command(subcommand)]
     Dead(DeadCommand),
+    /// Periodic jobs: add, list, pause, resume and remove a queue's schedules; the consumers enqueue one job
+    /// per tick.
+    #[command(subcommand)]
+    Cron(crate::cron::CronCommand),
 }
 
 /// `producer serve`.

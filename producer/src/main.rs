@@ -2,6 +2,7 @@
 
 mod admin;
 mod cli;
+mod cron;
 mod demo;
 mod enqueue;
 mod load;
@@ -69,6 +70,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Stats(args) => admin::stats(args).await,
         cli::Command::Serve(args) => traced(settings()?, serve::run(args)).await,
         cli::Command::Dead(command) => traced(settings()?, admin::dead(command)).await,
+        cli::Command::Cron(command) => cron::run(command).await,
     }
 }
 

@@ -60,6 +60,9 @@ pub enum Error {
         /// Why.
         source: Box<Error>,
     },
+    /// A periodic schedule is invalid: its name, cadence (every, cron expression, time zone) or stored spec.
+    #[error(transparent)]
+    Schedule(#[from] crate::cron::ScheduleError),
     /// No such entry (a dead letter, a job).
     #[error("{0} not found")]
     NotFound(String),

@@ -163,6 +163,10 @@ pub struct Keys {
     pub done: String,
     /// `<prefix>:{Q}:result:`: prefix of the keys the shipped `demo`/`noop` kinds write results to.
     pub result_prefix: String,
+    /// `<prefix>:{Q}:cron`: hash of periodic schedules, schedule name → its JSON spec ([`crate::cron`]).
+    pub cron: String,
+    /// `<prefix>:{Q}:cron:last`: hash of schedule name → the last tick enqueued (unix ms, decimal).
+    pub cron_last: String,
 }
 
 impl Keys {
@@ -177,6 +181,8 @@ impl Keys {
             delayed: format!("{base}:delayed"),
             done: format!("{base}:done"),
             result_prefix: format!("{base}:result:"),
+            cron: format!("{base}:cron"),
+            cron_last: format!("{base}:cron:last"),
             stream: base,
         })
     }
@@ -217,6 +223,13 @@ impl Keys {
         format!("{}:load:{run}", self.stream)
     }
 
+    /// The key a consumer sets (`NX`, for seconds) before it makes the `send` span of schedule `name`'s tick
+    /// `tick_ms`, so that one consumer, not all, traces the tick: `<prefix>:{Q}:cron:claim:<name>:<tick>`. Only
+    /// a courtesy to the traces; the tick's single job rests on the `cron_tick` script alone.
+    pub fn cron_claim(&self, name: &str, tick_ms: u64) -> String {
+        format!("{}:claim:{name}:{tick_ms}", self.cron)
+    }
+
     /// The key under which a job's result is stored by the shipped job kinds.
     pub fn result(&self, job_id: &str) -> String {
         format!("{}{job_id}", self.result_prefix)
@@ -234,6 +247,8 @@ mod tests {
         assert_eq!(keys.dead, "jobstream:{emails}:dead");
         assert_eq!(keys.delayed, "jobstream:{emails}:delayed");
         assert_eq!(keys.result("abc"), "jobstream:{emails}:result:abc");
+        assert_eq!(keys.cron, "jobstream:{emails}:cron");
+        assert_eq!(keys.cron_last, "jobstream:{emails}:cron:last");
     }
 
     #[test]

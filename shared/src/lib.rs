@@ -26,7 +26,8 @@
 //! - What a user meets: [`queue`] (the [`Queue`] handle), [`enqueue`] ([`Producer`]), [`handler`] ([`Handlers`],
 //!   [`JobFailure`]), [`job`] (the envelope and its codec), [`worker`] ([`Worker`], its configuration and duties:
 //!   reading, one attempt, settling, promotion of due retries, claim renewal, trimming), [`error`], [`limits`],
-//!   [`shutdown`] (SIGTERM/SIGINT as a cancellation token).
+//!   [`shutdown`] (SIGTERM/SIGINT as a cancellation token), [`cron`] (periodic schedules, enqueued by the
+//!   workers one job per tick).
 //! - Operating a queue: [`admin`] (stats, dead letters: list, show, replay, purge; trimming), [`counts`] (last-
 //!   minute rates), [`consumers`] (removing dead consumers), [`partitions`] (the recorded partition count),
 //!   [`metrics`] (the Prometheus registry), [`results`] (the shipped kinds' records), [`loadprobe`] (latency
@@ -48,6 +49,7 @@ pub mod config;
 pub mod connection;
 pub mod consumers;
 pub mod counts;
+pub mod cron;
 pub mod enqueue;
 pub mod error;
 pub mod handler;

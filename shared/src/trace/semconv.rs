@@ -54,3 +54,7 @@ pub const JOB_SCHEDULED_FOR: &str = "jobstream.job.scheduled_for";
 /// `link` or `parent`: how the `process` spans of a scheduled job relate to its `send` span, on the `scheduled`
 /// event (`link` when it was scheduled further ahead than the producer's link threshold).
 pub const JOB_TRACE_MODE: &str = "jobstream.job.trace_mode";
+/// On the root `send` span of a periodic job: the name of the schedule whose tick made it ([`crate::cron`]).
+pub const CRON_NAME: &str = "jobstream.cron.name";
+/// On the root `send` span of a periodic job: the tick's time, unix ms (when it was due, not when it ran).
+pub const CRON_TICK: &str = "jobstream.cron.tick";

@@ -21,6 +21,7 @@ mod probes;
 mod promote;
 mod read;
 mod renew;
+mod schedule;
 mod settle;
 mod trim;
 
@@ -326,6 +327,15 @@ impl Worker {
             }
         });
         let partitions = self.queue.partition_keys();
+        // Periodic schedules live under partition 0's keys; one scheduler per process enqueues their ticks.
+        let scheduler = tokio::spawn(schedule::schedule(
+            schedule::Scheduler {
+                pool: self.pool.clone(),
+                keys: partitions[0].clone(),
+                consumer: self.config.consumer.clone(),
+            },
+            stop.clone(),
+        ));
         let mut config = self.config;
         // Each partition runs its share of the concurrency.
         config.concurrency = config.concurrency.div_ceil(partitions.len()).max(1);
@@ -343,8 +353,9 @@ impl Worker {
                 result = Err(crate::Error::Config(format!("a partition's reader failed: {e}")));
             }
         }
-        // `check_at_start` returns once `stop` is cancelled, so this wait is short.
+        // `check_at_start` and the scheduler return once `stop` is cancelled, so these waits are short.
         stop.cancel();
+        let _ = scheduler.await;
         match checker.await {
             Ok(Err(refused)) => Err(refused.into()),
             _ => result,
