@@ -19,7 +19,7 @@ pub(crate) async fn connect(redis: &RedisArgs) -> anyhow::Result<jobstream::conn
 }
 
 /// The queue's numbers as text, or as one JSON object (`--json`): a queue of one partition is its
-/// [`admin::QueueStats`]; a partitioned queue is `{"queue", "partitions": [QueueStats, …]}`.
+/// [`admin::QueueStats`]; a partitioned queue is `{"queue", "paused", "partitions": [QueueStats, …]}`.
 pub async fn stats(args: StatsArgs) -> anyhow::Result<()> {
     let record = args.queue.partition_record().map_err(usage)?;
     let partitions = args.queue.partition_keys().map_err(usage)?;
@@ -34,9 +34,11 @@ pub async fn stats(args: StatsArgs) -> anyhow::Result<()> {
     if args.json {
         let json = match all.as_slice() {
             [one] => serde_json::to_string(one)?,
-            _ => {
-                serde_json::to_string(&serde_json::json!({ "queue": args.queue.queue.to_string(), "partitions": all }))?
-            }
+            _ => serde_json::to_string(&serde_json::json!({
+                "queue": args.queue.queue.to_string(),
+                "paused": all.iter().any(|s| s.paused),
+                "partitions": all
+            }))?,
         };
         writeln!(out, "{json}")?;
         return Ok(());
@@ -49,7 +51,12 @@ pub async fn stats(args: StatsArgs) -> anyhow::Result<()> {
 
 fn write_text(out: &mut impl Write, stats: &admin::QueueStats) -> std::io::Result<()> {
     let rate = |r: Option<f64>| r.map_or_else(|| "?".to_owned(), |r| format!("{r:.2}"));
-    writeln!(out, "queue {}: {} entries, {} delayed, {} dead", stats.queue, stats.length, stats.delayed, stats.dead)?;
+    let paused = if stats.paused { ", paused" } else { "" };
+    writeln!(
+        out,
+        "queue {}: {} entries, {} delayed, {} dead{paused}",
+        stats.queue, stats.length, stats.delayed, stats.dead
+    )?;
     match stats.rates.window_s {
         Some(window) => writeln!(
             out,

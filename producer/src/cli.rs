@@ -37,7 +37,8 @@ pub enum Command {
     /// Run the demo end to end: start consumers, send demo jobs, report what happened and one job's span tree.
     Demo(DemoArgs),
     /// Serve the HTTP API: POST /v1/jobs {kind, payload, delay?, run_at?} answers 202 {id, trace_id}; plus
-    /// /healthz, /readyz, /metrics. An incoming traceparent is continued through the queue to the worker.
+    /// POST /v1/queues/{queue}/pause|resume; /healthz, /readyz, /metrics. An incoming traceparent is continued
+    /// through the queue to the worker.
     Serve(ServeArgs),
     /// Show a queue's numbers: length, lag, pending, oldest pending age, consumers, delayed and dead counts.
     Stats(StatsArgs),
@@ -48,6 +49,9 @@ pub enum Command {
     /// per tick.
     #[command(subcommand)]
     Cron(crate::cron::CronCommand),
+    /// Pause or resume a whole queue: while paused, consumers start nothing new (running jobs finish).
+    #[command(subcommand)]
+    Queue(crate::queue::QueueCommand),
 }
 
 /// `producer serve`.

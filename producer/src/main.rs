@@ -6,6 +6,7 @@ mod cron;
 mod demo;
 mod enqueue;
 mod load;
+mod queue;
 mod serve;
 
 use std::future::Future;
@@ -71,6 +72,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Serve(args) => traced(settings()?, serve::run(args)).await,
         cli::Command::Dead(command) => traced(settings()?, admin::dead(command)).await,
         cli::Command::Cron(command) => cron::run(command).await,
+        cli::Command::Queue(command) => queue::run(command).await,
     }
 }
 

@@ -1,7 +1,8 @@
 //! `producer serve`: the HTTP API. `POST /v1/jobs` with `{"kind", "payload", "idempotency_key"?}` answers
 //! `202 {"id", "trace_id"}`. `delay` (a duration text such as `"30s"`, or a whole number of milliseconds) or
 //! `run_at` (RFC 3339 in UTC, e.g. `"2026-12-01T09:00:00Z"`) schedules the job for later; the answer then has
-//! `scheduled_for` (unix ms) and an empty `message_id`. A schedule takes no idempotency key. The request's `traceparent` (and `tracestate`, `baggage`) is continued: the
+//! `scheduled_for` (unix ms) and an empty `message_id`. `POST /v1/queues/{queue}/pause` and `…/resume` pause and
+//! resume a queue (under the server's key prefix) and answer `200 {"queue", "paused", "changed"}`. A schedule takes no idempotency key. The request's `traceparent` (and `tracestate`, `baggage`) is continued: the
 //! SERVER span is its child and the job's `send` span the SERVER span's child, so one trace runs from the
 //! caller through the queue to the worker. `/healthz`, `/readyz` and `/metrics` are served on the same port.
 //!
@@ -17,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use axum::body::{Body, HttpBody as _};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -39,6 +40,9 @@ use crate::usage;
 #[derive(Clone)]
 struct Api {
     producer: Producer,
+    /// For the queue routes.
+    pool: jobstream::connection::Pool,
+    prefix: String,
     token: Option<Arc<str>>,
     idempotency_ttl: Duration,
 }
@@ -121,12 +125,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = jobstream::shutdown::on_signals()?;
     let api = Api {
         producer,
+        pool: pool.clone(),
+        prefix: args.queue.prefix.clone(),
         token: args.api_token.as_ref().map(|t| t.expose()).filter(|t| !t.is_empty()).map(Arc::from),
         idempotency_ttl: args.idempotency_ttl,
     };
     let health = HealthState { pool, keys, group: None, metrics, draining: shutdown.clone() };
     let app = Router::new()
         .route("/v1/jobs", post(create_job))
+        .route("/v1/queues/{queue}/pause", post(pause_queue))
+        .route("/v1/queues/{queue}/resume", post(resume_queue))
         .layer(DefaultBodyLimit::max(args.queue.max_payload_bytes + 4096))
         .with_state(api)
         .merge(health::router(health))
@@ -136,7 +144,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, "serving POST /v1/jobs, /healthz, /readyz and /metrics");
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        "serving POST /v1/jobs, POST /v1/queues/{{queue}}/pause|resume, /healthz, /readyz and /metrics"
+    );
     let limits = health::ConnectionLimits { header_read_timeout: args.header_read_timeout };
     health::serve_with(listener, app, shutdown, limits).await?;
     Ok(())
@@ -244,6 +255,35 @@ fn due_time(delay: Option<&serde_json::Value>, run_at: Option<&str>) -> Result<O
     }
 }
 
+/// `POST /v1/queues/{queue}/pause`: `200 {"queue", "paused": true, "changed"}`; `changed` is false when the
+/// queue was already paused. Any queue under the server's key prefix.
+async fn pause_queue(State(api): State<Api>, Path(queue): Path<String>, headers: HeaderMap) -> Response {
+    set_paused(&api, &queue, &headers, true).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /v1/queues/{queue}/resume`: `200 {"queue", "paused": false, "changed"}`.
+async fn resume_queue(State(api): State<Api>, Path(queue): Path<String>, headers: HeaderMap) -> Response {
+    set_paused(&api, &queue, &headers, false).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn set_paused(api: &Api, queue: &str, headers: &HeaderMap, pause: bool) -> Result<Response, ApiError> {
+    authorize(api, headers)?;
+    let queue = jobstream::Queue::new(queue)
+        .and_then(|q| q.with_prefix(&api.prefix))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let changed = if pause {
+        jobstream::pause::pause(&api.pool, &queue).await
+    } else {
+        jobstream::pause::resume(&api.pool, &queue).await
+    }
+    .map_err(|e| {
+        tracing::warn!(error = %e, %queue, pause, "pausing or resuming the queue failed");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the queue is unavailable: {e}"))
+    })?;
+    tracing::info!(%queue, paused = pause, changed, "queue pause state set");
+    Ok(Json(serde_json::json!({ "queue": queue.name().as_str(), "paused": pause, "changed": changed })).into_response())
+}
+
 /// Checks `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110 §11.1).
 fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &api.token else { return Ok(()) };
@@ -300,7 +340,9 @@ async fn json_errors(response: Response) -> Response {
         return response;
     }
     let message = match status {
-        StatusCode::NOT_FOUND => "no such route: the API is POST /v1/jobs".to_owned(),
+        StatusCode::NOT_FOUND => {
+            "no such route: the API is POST /v1/jobs and POST /v1/queues/{queue}/pause|resume".to_owned()
+        }
         StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this route".to_owned(),
         StatusCode::REQUEST_TIMEOUT => "the request was not received and answered in time".to_owned(),
         other => other.canonical_reason().unwrap_or("error").to_owned(),

@@ -61,6 +61,8 @@ pub struct QueueStats {
     pub delayed: u64,
     /// Entries in the dead stream.
     pub dead: u64,
+    /// Whether the queue is paused ([`crate::pause`]); a partition shows its whole queue's state.
+    pub paused: bool,
     /// Per consumer group.
     pub groups: Vec<GroupStats>,
     /// Enqueued and dead-lettered per second over the last minute ([`crate::counts`]).
@@ -79,13 +81,15 @@ pub async fn stats(pool: &Pool, keys: &Keys) -> crate::Result<QueueStats> {
 }
 
 async fn stats_on<C: ConnectionLike>(conn: &mut C, keys: &Keys) -> redis::RedisResult<QueueStats> {
-    let (length, delayed, dead): (u64, u64, u64) = redis::pipe()
+    let (length, delayed, dead, paused): (u64, u64, u64, bool) = redis::pipe()
         .cmd("XLEN")
         .arg(&keys.stream)
         .cmd("ZCARD")
         .arg(&keys.delayed)
         .cmd("XLEN")
         .arg(&keys.dead)
+        .cmd("EXISTS")
+        .arg(&keys.paused)
         .query_async(conn)
         .await?;
     let groups: Vec<HashMap<String, redis::Value>> = if length > 0 || exists(conn, &keys.stream).await? {
@@ -146,7 +150,7 @@ async fn stats_on<C: ConnectionLike>(conn: &mut C, keys: &Keys) -> redis::RedisR
             crate::counts::Rates::default()
         }
     };
-    Ok(QueueStats { queue: keys.queue().to_string(), length, delayed, dead, groups: out, rates })
+    Ok(QueueStats { queue: keys.queue().to_string(), length, delayed, dead, paused, groups: out, rates })
 }
 
 /// The consumers of `group` with their pending count and idle time.

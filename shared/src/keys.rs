@@ -167,6 +167,9 @@ pub struct Keys {
     pub cron: String,
     /// `<prefix>:{Q}:cron:last`: hash of schedule name → the last tick enqueued (unix ms, decimal).
     pub cron_last: String,
+    /// `<prefix>:{Q}:paused`: present while the queue is paused ([`crate::pause`]); its value is when it was
+    /// paused (unix ms). One flag for the whole queue: every partition's keys name the base queue's flag.
+    pub paused: String,
 }
 
 impl Keys {
@@ -183,6 +186,7 @@ impl Keys {
             result_prefix: format!("{base}:result:"),
             cron: format!("{base}:cron"),
             cron_last: format!("{base}:cron:last"),
+            paused: format!("{base}:paused"),
             stream: base,
         })
     }
@@ -193,7 +197,14 @@ impl Keys {
         if partitions <= 1 {
             return Ok(vec![Self::new(prefix, queue)?]);
         }
-        (0..partitions).map(|i| Self::new(prefix, &QueueName::parse(&format!("{queue}:{i}"))?)).collect()
+        let paused = Self::new(prefix, queue)?.paused;
+        (0..partitions)
+            .map(|i| {
+                let mut keys = Self::new(prefix, &QueueName::parse(&format!("{queue}:{i}"))?)?;
+                keys.paused.clone_from(&paused);
+                Ok(keys)
+            })
+            .collect()
     }
 
     /// The queue these keys belong to.
@@ -249,6 +260,15 @@ mod tests {
         assert_eq!(keys.result("abc"), "jobstream:{emails}:result:abc");
         assert_eq!(keys.cron, "jobstream:{emails}:cron");
         assert_eq!(keys.cron_last, "jobstream:{emails}:cron:last");
+        assert_eq!(keys.paused, "jobstream:{emails}:paused");
+    }
+
+    #[test]
+    fn every_partition_names_the_base_queue_pause_flag() {
+        let queue = QueueName::parse("jobs").unwrap();
+        let parts = Keys::partitioned("jobstream", &queue, 3).unwrap();
+        assert_eq!(parts[2].stream, "jobstream:{jobs:2}");
+        assert!(parts.iter().all(|k| k.paused == "jobstream:{jobs}:paused"));
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub mod limits;
 pub mod loadprobe;
 pub mod metrics;
 pub mod partitions;
+pub mod pause;
 pub mod queue;
 pub mod results;
 pub mod retry;

@@ -95,6 +95,7 @@ pub struct Metrics {
     queue_length: Family<QueueLabels, Gauge>,
     queue_delayed: Family<QueueLabels, Gauge>,
     queue_dead: Family<QueueLabels, Gauge>,
+    queue_paused: Family<QueueLabels, Gauge>,
     group_lag: Family<GroupLabels, Gauge>,
     group_pending: Family<GroupLabels, Gauge>,
     group_consumers: Family<GroupLabels, Gauge>,
@@ -131,6 +132,7 @@ impl Metrics {
             queue_length: Family::default(),
             queue_delayed: Family::default(),
             queue_dead: Family::default(),
+            queue_paused: Family::default(),
             group_lag: Family::default(),
             group_pending: Family::default(),
             group_consumers: Family::default(),
@@ -166,6 +168,7 @@ impl Metrics {
         );
         registry.register("queue_delayed", "Jobs waiting in the delayed set", metrics.queue_delayed.clone());
         registry.register("queue_dead", "Entries in the dead stream", metrics.queue_dead.clone());
+        registry.register("queue_paused", "1 while the queue is paused, else 0", metrics.queue_paused.clone());
         registry.register("group_lag", "Entries not yet delivered to the group", metrics.group_lag.clone());
         registry.register("group_pending", "Entries delivered and not yet acknowledged", metrics.group_pending.clone());
         registry.register("group_consumers", "Consumers known to the group", metrics.group_consumers.clone());
@@ -202,6 +205,7 @@ impl Metrics {
         self.queue_length.get_or_create(&queue).set(stats.length as i64);
         self.queue_delayed.get_or_create(&queue).set(stats.delayed as i64);
         self.queue_dead.get_or_create(&queue).set(stats.dead as i64);
+        self.queue_paused.get_or_create(&queue).set(i64::from(stats.paused));
         for group in &stats.groups {
             let labels = GroupLabels { queue: stats.queue.clone(), group: group.name.clone() };
             // An unknown lag (Redis cannot tell, or contradicts itself) is no series at all, never a false 0

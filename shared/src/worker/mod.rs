@@ -12,11 +12,13 @@
 //! One file per duty: this one holds the configuration and the orchestration of `PartitionWorker::run`;
 //! `read` (new and reclaimed entries, the group's creation), `attempt` (one attempt: decode, `process` span,
 //! handler), `settle` (what becomes of the entry, decided without Redis, then done), `acker` (batched XACK),
-//! and the background duties `promote`, `renew`, `trim`, `counts` and `probes`.
+//! and the background duties `promote`, `renew`, `trim`, `counts` and `probes`; `pause` watches the queue's
+//! pause flag, which stops reading (new and reclaimed entries) and promotion, nothing else.
 
 mod acker;
 mod attempt;
 mod counts;
+mod pause;
 mod probes;
 mod promote;
 mod read;
@@ -217,6 +219,8 @@ pub(crate) struct Shared {
     pub(crate) hot: HotMetrics,
     /// `process <Q>`, made once.
     pub(crate) process_span_name: String,
+    /// Whether the queue is paused, as last read by the process's pause watch.
+    pub(crate) pause: pause::PauseState,
 }
 
 /// Metric handles the job path updates for every job.
@@ -327,6 +331,8 @@ impl Worker {
             }
         });
         let partitions = self.queue.partition_keys();
+        // One pause watch per process: every partition names the base queue's flag.
+        let (pause_state, pause_watch) = pause::spawn(self.pool.clone(), partitions[0].clone(), stop.clone());
         // Periodic schedules live under partition 0's keys; one scheduler per process enqueues their ticks.
         let scheduler = tokio::spawn(schedule::schedule(
             schedule::Scheduler {
@@ -343,7 +349,8 @@ impl Worker {
         for keys in partitions {
             let worker = PartitionWorker::new(self.pool.clone(), keys, self.handlers.clone(), config.clone())
                 .with_metrics(self.metrics.clone())
-                .with_stats(self.stats.clone());
+                .with_stats(self.stats.clone())
+                .with_pause(pause_state.clone());
             readers.spawn(worker.run(stop.clone()));
         }
         let mut result = Ok(());
@@ -356,6 +363,7 @@ impl Worker {
         // `check_at_start` and the scheduler return once `stop` is cancelled, so these waits are short.
         stop.cancel();
         let _ = scheduler.await;
+        let _ = pause_watch.await;
         match checker.await {
             Ok(Err(refused)) => Err(refused.into()),
             _ => result,
@@ -386,6 +394,7 @@ impl PartitionWorker {
                 probes: Arc::default(),
                 hot,
                 process_span_name,
+                pause: pause::never_paused(),
             }),
         }
     }
@@ -401,6 +410,12 @@ impl PartitionWorker {
     /// Counts into `stats`, shared with the other partitions' workers.
     pub(crate) fn with_stats(mut self, stats: Arc<WorkerStats>) -> Self {
         Arc::get_mut(&mut self.shared).expect("not running yet").stats = stats;
+        self
+    }
+
+    /// Waits while the queue is paused, as `state` says.
+    pub(crate) fn with_pause(mut self, state: pause::PauseState) -> Self {
+        Arc::get_mut(&mut self.shared).expect("not running yet").pause = state;
         self
     }
 
@@ -427,6 +442,7 @@ impl PartitionWorker {
         let permits = Arc::new(Semaphore::new(config.concurrency));
         let tasks = TaskTracker::new();
         let mut reader = read::Reader::new(&shared);
+        let mut gate = pause::Gate::new(shared.pause.clone());
         tracing::info!(
             queue = %shared.keys.queue(),
             group = %config.group,
@@ -442,6 +458,10 @@ impl PartitionWorker {
                 permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
             let held = take_more(first, &permits, config.batch_size);
+            // Checked right before each read (new entries and reclaimed ones alike): while paused nothing starts.
+            if !gate.wait_until_running(&shutdown, shared.keys.queue().as_str()).await {
+                break;
+            }
             let deliveries = match reader.next(held.len()).await {
                 Ok(deliveries) => deliveries,
                 Err(delay) => {

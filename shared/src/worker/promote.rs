@@ -1,4 +1,5 @@
 //! Moves due jobs (retries and scheduled jobs) from the delayed set back to the stream, a batch per script run.
+//! Not while the queue is paused: its delayed jobs stay delayed, and those that came due run after the resume.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,12 @@ const PROMOTE_BATCH: usize = 256;
 pub(super) async fn promote(shared: Arc<Shared>, every: Duration, stop: CancellationToken) {
     let mut backoff = Backoff::new(every, Duration::from_secs(10));
     loop {
+        if !super::pause::running(&shared.pause) {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => continue,
+            }
+        }
         let moved = async {
             let mut conn = shared.pool.get().await.map_err(|e| e.to_string())?;
             let mut total = stream::Promoted::default();

@@ -1,0 +1,111 @@
+//! The pause flag as the worker sees it ([`crate::pause`]): one task per process polls the queue's flag and
+//! publishes it on a watch channel; each partition's read loop waits on the channel while the queue is paused, and
+//! the promoter skips its runs.
+//!
+//! Cost: polling is one `EXISTS` every [`POLL_EVERY`] per process, whatever the number of partitions, jobs or
+//! reads — against a read loop that sends at least one `XREADGROUP` per `--block` (2 s) when idle and one per batch
+//! under load, this adds 4 commands a second and nothing to the job path (the readers read an in-memory value).
+//! Checking once per read batch instead would add a round trip to every batch. The price is latency: a pause takes
+//! effect within `POLL_EVERY` plus the read that may be blocking at that moment (at most `--block`).
+//!
+//! Until the flag has been read once, readers and promoter wait: a consumer restarted on a paused queue never reads
+//! a batch first. Afterwards, if the flag cannot be read (Redis away, or in a Cluster the base queue's node down)
+//! the last known state stands.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::Pool;
+use crate::keys::Keys;
+
+/// How often the flag is read.
+pub(super) const POLL_EVERY: Duration = Duration::from_millis(250);
+
+/// The queue's pause state: `None` until first read, then whether it is paused.
+pub(crate) type PauseState = watch::Receiver<Option<bool>>;
+
+/// A state that is never paused, for a partition worker run without a [`spawn`]ed watch.
+pub(super) fn never_paused() -> PauseState {
+    watch::channel(Some(false)).1
+}
+
+/// Polls the flag of `keys`' queue every [`POLL_EVERY`] until `stop`.
+pub(super) fn spawn(pool: Pool, keys: Keys, stop: CancellationToken) -> (PauseState, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            let read = async {
+                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+                crate::pause::read_flag(&mut conn, &keys).await.map_err(|e| e.to_string())
+            }
+            .await;
+            match read {
+                Ok(paused) => {
+                    failing = false;
+                    tx.send_if_modified(|state| state.replace(paused) != Some(paused));
+                }
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::warn!(%error, key = %keys.paused, "reading the queue's pause flag failed; keeping its last known state");
+                }
+                Err(_) => {}
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(POLL_EVERY) => {}
+            }
+        }
+    });
+    (rx, task)
+}
+
+/// One read loop's view: waits while paused, and logs once when it stops reading and once when it reads again.
+pub(super) struct Gate {
+    state: PauseState,
+    stopped: bool,
+}
+
+impl Gate {
+    pub(super) fn new(state: PauseState) -> Self {
+        Self { state, stopped: false }
+    }
+
+    /// Returns once the queue is known not to be paused (`true`), or when `shutdown` is cancelled (`false`).
+    pub(super) async fn wait_until_running(&mut self, shutdown: &CancellationToken, queue: &str) -> bool {
+        loop {
+            let state = *self.state.borrow_and_update();
+            match state {
+                Some(false) => {
+                    if self.stopped {
+                        self.stopped = false;
+                        tracing::info!(queue, "queue resumed: reading again");
+                    }
+                    return true;
+                }
+                Some(true) if !self.stopped => {
+                    self.stopped = true;
+                    tracing::info!(queue, "queue paused: reading nothing new until it is resumed");
+                }
+                _ => {}
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                changed = self.state.changed() => {
+                    if changed.is_err() {
+                        // The watch is gone: the worker is stopping.
+                        shutdown.cancelled().await;
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether the queue is known to be running (not paused, and the flag read at least once).
+pub(super) fn running(state: &PauseState) -> bool {
+    *state.borrow() == Some(false)
+}
