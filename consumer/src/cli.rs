@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use clap::Parser;
+use jobstream::bounds::{parse_kind_timeout, JobTimeouts};
 use jobstream::config::{duration_between, QueueArgs, RedisArgs};
 use jobstream::retry::parse_kind_attempts;
 use jobstream::retry::RetryPolicy;
@@ -62,6 +63,14 @@ pub struct Cli {
     /// Attempts for one job kind, overriding --max-attempts: KIND=N (repeatable; env: comma-separated).
     #[arg(long, env = "JOBSTREAM_MAX_ATTEMPTS_FOR", value_delimiter = ',', value_parser = parse_kind_attempts)]
     pub max_attempts_for: Vec<(String, u32)>,
+    /// Longest one attempt may run (e.g. 30s): past it the handler is cancelled and the attempt fails with
+    /// error.type=timeout, then follows the retry policy. A job's own timeout (enqueue --timeout) wins, then
+    /// --job-timeout-for. Default: none.
+    #[arg(long, env = "JOBSTREAM_JOB_TIMEOUT", value_parser = duration_between(Duration::from_millis(1), 30 * DAY))]
+    pub job_timeout: Option<Duration>,
+    /// Timeout for one job kind, overriding --job-timeout: KIND=D (repeatable; env: comma-separated).
+    #[arg(long, env = "JOBSTREAM_JOB_TIMEOUT_FOR", value_delimiter = ',', value_parser = parse_kind_timeout)]
+    pub job_timeout_for: Vec<(String, Duration)>,
     /// Delay before the second attempt; it doubles for each further one (with jitter).
     #[arg(long, env = "JOBSTREAM_RETRY_BASE_DELAY", default_value = "1s", value_parser = duration_between(Duration::ZERO, 30 * DAY))]
     pub retry_base_delay: Duration,
@@ -153,6 +162,8 @@ impl Cli {
         config.retention = nonzero(self.retention);
         config.dead_retention = nonzero(self.dead_retention);
         config.remove_idle_consumers_after = self.idle_consumer_bound();
+        config.timeouts =
+            JobTimeouts { default: self.job_timeout, by_kind: self.job_timeout_for.iter().cloned().collect() };
         config.retry = RetryPolicy {
             max_attempts: self.max_attempts,
             base_delay: self.retry_base_delay,

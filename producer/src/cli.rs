@@ -185,6 +185,17 @@ pub struct EnqueueArgs {
     /// at once.
     #[arg(long, value_parser = parse_time, conflicts_with = "idempotency_key")]
     pub at: Option<std::time::SystemTime>,
+    /// Longest one attempt of the job(s) may run (e.g. 30s): wins over the consumer's --job-timeout-for and
+    /// --job-timeout. Past it the handler is cancelled and the attempt fails with error.type=timeout.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Dead-letter the job(s) as `expired`, never run, if no attempt has started by this time (RFC 3339 in
+    /// UTC, e.g. 2026-12-01T09:00:00Z).
+    #[arg(long, value_parser = parse_time, conflicts_with = "ttl")]
+    pub deadline: Option<std::time::SystemTime>,
+    /// Like --deadline, this long after enqueueing (e.g. 10m).
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
     #[command(flatten)]
     pub schedule: ScheduleArgs,
 }

@@ -41,8 +41,21 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
         }
         (None, None) => None,
     };
+    // Each job carries the bounds asked for (`timeout_ms`, `deadline_ms`).
+    let bound = |mut job: jobstream::Job| {
+        if let Some(timeout) = args.timeout {
+            job = job.with_timeout(timeout);
+        }
+        if let Some(deadline) = args.deadline {
+            job = job.with_deadline(deadline);
+        }
+        if let Some(ttl) = args.ttl {
+            job = job.with_ttl(ttl);
+        }
+        job
+    };
     // A job that cannot be built is refused before Redis is asked anything.
-    let first = producer.job_json(&args.kind, &payload).map_err(job_error)?;
+    let first = bound(producer.job_json(&args.kind, &payload).map_err(job_error)?);
     producer.check_partitions().await?;
     let mut out = std::io::stdout().lock();
     if let Some(key) = &args.idempotency_key {
@@ -57,7 +70,7 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
         let done = producer.enqueue_job_at(first, due).await?;
         writeln!(out, "{} {}", done.job_id, trace_text(&done))?;
         for _ in 1..args.count {
-            let job = producer.job_json(&args.kind, &payload)?;
+            let job = bound(producer.job_json(&args.kind, &payload)?);
             let done = producer.enqueue_job_at(job, due).await?;
             writeln!(out, "{} {}", done.job_id, trace_text(&done))?;
         }
@@ -67,7 +80,7 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
     let mut left = args.count;
     while left > 0 {
         let n = left.min(BATCH);
-        let jobs = (0..n).map(|_| producer.job_json(&args.kind, &payload)).collect::<Result<Vec<_>, _>>()?;
+        let jobs = (0..n).map(|_| producer.job_json(&args.kind, &payload).map(bound)).collect::<Result<Vec<_>, _>>()?;
         let sent = producer.enqueue_batch(jobs).await;
         // A partly refused batch: the jobs Redis took are printed, then the error.
         let done = match &sent {

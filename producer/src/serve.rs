@@ -2,7 +2,10 @@
 //! `202 {"id", "trace_id"}`. `delay` (a duration text such as `"30s"`, or a whole number of milliseconds) or
 //! `run_at` (RFC 3339 in UTC, e.g. `"2026-12-01T09:00:00Z"`) schedules the job for later; the answer then has
 //! `scheduled_for` (unix ms) and an empty `message_id`. `POST /v1/queues/{queue}/pause` and `…/resume` pause and
-//! resume a queue (under the server's key prefix) and answer `200 {"queue", "paused", "changed"}`. A schedule takes no idempotency key. The request's `traceparent` (and `tracestate`, `baggage`) is continued: the
+//! resume a queue (under the server's key prefix) and answer `200 {"queue", "paused", "changed"}`. A schedule
+//! takes no idempotency key. `timeout` (duration text or ms) bounds each attempt of the job; `deadline` (RFC
+//! 3339, UTC) or `ttl` (duration) expires it if no attempt started by then. The request's `traceparent` (and
+//! `tracestate`, `baggage`) is continued: the
 //! SERVER span is its child and the job's `send` span the SERVER span's child, so one trace runs from the
 //! caller through the queue to the worker. `/healthz`, `/readyz` and `/metrics` are served on the same port.
 //!
@@ -57,6 +60,12 @@ struct NewJob {
     delay: Option<serde_json::Value>,
     /// Run the job at this RFC 3339 time (UTC).
     run_at: Option<String>,
+    /// Longest one attempt may run: `"30s"`-style text or whole milliseconds.
+    timeout: Option<serde_json::Value>,
+    /// Dead-letter the job as `expired` if no attempt started by this RFC 3339 time (UTC).
+    deadline: Option<String>,
+    /// Like `deadline`, this long after enqueueing: `"10m"`-style text or whole milliseconds.
+    ttl: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -180,7 +189,7 @@ async fn create_job(State(api): State<Api>, headers: HeaderMap, body: Result<Jso
             ));
         }
         let payload = new.payload.as_deref().map_or("{}", RawValue::get);
-        let job = api.producer.job_json(&new.kind, payload).map_err(job_error)?;
+        let job = bounds(api.producer.job_json(&new.kind, payload).map_err(job_error)?, &new)?;
         let done = match (key, due) {
             (Some(key), _) => api.producer.enqueue_job_once(job, &key, api.idempotency_ttl).await,
             (None, Some(due)) => api.producer.enqueue_job_at(job, due).await,
@@ -226,6 +235,43 @@ fn idempotency_key(field: Option<&str>, headers: &HeaderMap) -> Result<Option<Id
         )),
         (field, header) => Ok(field.or(header)),
     }
+}
+
+/// `value` (`"30s"`-style text or whole milliseconds) as a duration; `name` is the field's, for the error.
+fn duration_value(name: &str, value: &serde_json::Value) -> Result<Duration, ApiError> {
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
+    match value {
+        serde_json::Value::Number(ms) => ms.as_u64().map(Duration::from_millis).ok_or_else(|| {
+            bad(format!("{name} {ms} is not a whole number of milliseconds (or a text such as \"30s\")"))
+        }),
+        serde_json::Value::String(text) => jobstream::config::parse_duration(text)
+            .map_err(|e| bad(format!("{name} {text:?} is not a duration such as \"30s\": {e}"))),
+        other => Err(bad(format!("{name} must be a text such as \"30s\" or milliseconds, not {other}"))),
+    }
+}
+
+/// The job with the bounds the request asks for: `timeout`, and `deadline` (RFC 3339, UTC) or `ttl`.
+fn bounds(mut job: jobstream::Job, new: &NewJob) -> Result<jobstream::Job, ApiError> {
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
+    if let Some(timeout) = &new.timeout {
+        let timeout = duration_value("timeout", timeout)?;
+        if timeout.is_zero() {
+            return Err(bad("timeout must be above 0".to_owned()));
+        }
+        job = job.with_timeout(timeout);
+    }
+    match (&new.deadline, &new.ttl) {
+        (Some(_), Some(_)) => return Err(bad("send deadline or ttl, not both".to_owned())),
+        (Some(text), None) => {
+            let deadline = jobstream::config::parse_time(text).map_err(|e| {
+                bad(format!("deadline {text:?} is not an RFC 3339 time in UTC such as \"2026-12-01T09:00:00Z\": {e}"))
+            })?;
+            job = job.with_deadline(deadline);
+        }
+        (None, Some(ttl)) => job = job.with_ttl(duration_value("ttl", ttl)?),
+        (None, None) => {}
+    }
+    Ok(job)
 }
 
 /// When the job is to run: `delay` (`"30s"`-style text or whole milliseconds) or `run_at` (RFC 3339, UTC)

@@ -54,6 +54,14 @@ impl From<crate::Error> for JobFailure {
 }
 
 /// Runs jobs of one kind.
+///
+/// An attempt may be bounded in time (the job's `timeout_ms`, else the worker's per-kind or queue-wide timeout,
+/// [`crate::WorkerConfig::timeouts`]). Past it the worker cancels the job's token ([`Job::cancelled`], a
+/// `tokio_util::sync::CancellationToken`) and then drops the handler's future: the attempt fails with
+/// `error.type=timeout` and is retried per the policy. Work the future does not own — a spawned task, a
+/// `spawn_blocking` call, a loop that checks between steps — should watch the token
+/// (`token.cancelled().await`, `token.is_cancelled()`) to stop too. A job whose deadline passed before the
+/// attempt started never reaches the handler (it is dead-lettered as `expired`).
 pub trait JobHandler: Send + Sync + 'static {
     /// Runs one attempt of `job`.
     fn handle(&self, job: Job) -> impl Future<Output = Result<(), JobFailure>> + Send;

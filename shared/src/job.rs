@@ -6,8 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::keys::QueueName;
@@ -43,6 +45,14 @@ pub mod field {
     pub const TRACE_MODE: &str = "trace_mode";
     /// The value of [`TRACE_MODE`] that asks for a linked trace.
     pub const TRACE_MODE_LINK: &str = "link";
+    /// Optional: the longest one attempt may run, in ms; past it the handler is cancelled and the attempt fails
+    /// with `error.type=timeout`. Wins over the worker's per-kind and queue-wide timeouts. A value that is not
+    /// a whole number of ms above 0 is ignored.
+    pub const TIMEOUT_MS: &str = "timeout_ms";
+    /// Optional: unix time in ms by which an attempt must have started; a job found later (a retry due after
+    /// it included) is dead-lettered with reason `expired`, never run. A value that is not a whole number is
+    /// ignored.
+    pub const DEADLINE_MS: &str = "deadline_ms";
 }
 
 /// A stream entry's fields as strings, ordered by name.
@@ -215,7 +225,22 @@ pub struct Job {
     /// The queue (the partition's, `<queue>:<i>`, for a partitioned queue) a worker read the job from; `None`
     /// for a job not read from a queue.
     pub(crate) source: Option<QueueName>,
+    /// Signalled when the attempt must stop (its timeout passed); see [`Job::cancelled`].
+    pub(crate) cancel: CancelSignal,
 }
+
+/// The cancellation token of one attempt. Not part of a job's identity: two jobs are equal whatever their
+/// tokens.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CancelSignal(pub(crate) CancellationToken);
+
+impl PartialEq for CancelSignal {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for CancelSignal {}
 
 impl Job {
     /// The payload as a `T`. A payload that is not a `T` fails the attempt *permanently*
@@ -235,6 +260,49 @@ impl Job {
         self.source.as_ref()
     }
 
+    /// The attempt's cancellation signal: cancelled when the worker gives up on the attempt (its timeout
+    /// passed), just before it drops the handler's future. A handler doing work that does not yield often
+    /// (blocking calls in `spawn_blocking`, loops, calls to other services) watches it
+    /// (`token.cancelled().await` in a `select!`, or `token.is_cancelled()`) to stop that work too. A job not
+    /// run by a worker has a token that is never cancelled.
+    pub fn cancelled(&self) -> CancellationToken {
+        self.cancel.0.clone()
+    }
+
+    /// Bounds every attempt of the job to `timeout` (the `timeout_ms` field, in whole ms, at least 1): it wins
+    /// over the worker's per-kind and queue-wide timeouts.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        let ms = (timeout.as_millis().min(u64::MAX as u128) as u64).max(1);
+        self.extra.insert(field::TIMEOUT_MS.to_owned(), ms.to_string());
+        self
+    }
+
+    /// Gives the job a deadline (the `deadline_ms` field): an attempt not started by then never runs, and the
+    /// job is dead-lettered with reason `expired`.
+    pub fn with_deadline(mut self, deadline: SystemTime) -> Self {
+        let ms = deadline.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64);
+        self.extra.insert(field::DEADLINE_MS.to_owned(), ms.to_string());
+        self
+    }
+
+    /// Gives the job a deadline `ttl` after it was enqueued ([`Job::with_deadline`]).
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        let ms = self.enqueued_at_ms.saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64);
+        self.extra.insert(field::DEADLINE_MS.to_owned(), ms.to_string());
+        self
+    }
+
+    /// The job's own timeout (`timeout_ms`), if it has a valid one.
+    pub fn timeout(&self) -> Option<Duration> {
+        let ms = self.extra.get(field::TIMEOUT_MS)?.parse::<u64>().ok().filter(|&ms| ms > 0)?;
+        Some(Duration::from_millis(ms))
+    }
+
+    /// The job's deadline (`deadline_ms`) in unix ms, if it has a valid one.
+    pub fn deadline_ms(&self) -> Option<u64> {
+        self.extra.get(field::DEADLINE_MS)?.parse::<u64>().ok()
+    }
+
     /// A new job, first attempt, enqueued now, with no trace context yet.
     pub fn new(kind: JobKind, payload: Payload) -> Self {
         Self {
@@ -246,6 +314,7 @@ impl Job {
             trace: TraceHeaders::default(),
             extra: Fields::new(),
             source: None,
+            cancel: CancelSignal::default(),
         }
     }
 
@@ -284,7 +353,17 @@ impl Job {
             return Err(invalid(field::ATTEMPT, "must be 1 or more"));
         }
         let trace = TraceHeaders::take_from(&mut fields);
-        Ok(Self { id, kind, payload, enqueued_at_ms, attempt, trace, extra: fields, source: None })
+        Ok(Self {
+            id,
+            kind,
+            payload,
+            enqueued_at_ms,
+            attempt,
+            trace,
+            extra: fields,
+            source: None,
+            cancel: CancelSignal::default(),
+        })
     }
 }
 
@@ -330,6 +409,15 @@ mod tests {
     fn round_trip_keeps_every_field() {
         let job = sample();
         assert_eq!(Job::from_fields(wire(&job), &limits()).unwrap(), job);
+    }
+
+    #[test]
+    fn bounds_travel_as_fields() {
+        let job = sample().with_timeout(Duration::from_millis(1500)).with_ttl(Duration::from_millis(10));
+        let back = Job::from_fields(wire(&job), &limits()).unwrap();
+        assert_eq!(back.timeout(), Some(Duration::from_millis(1500)));
+        assert_eq!(back.deadline_ms(), Some(job.enqueued_at_ms + 10));
+        assert!(!back.cancelled().is_cancelled());
     }
 
     #[test]

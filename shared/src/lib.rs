@@ -43,6 +43,7 @@
 
 pub mod admin;
 pub mod backoff;
+pub mod bounds;
 pub mod clock;
 #[cfg(feature = "cli")]
 pub mod config;

@@ -148,6 +148,8 @@ pub(crate) enum DeadReason {
     Poison,
     /// The handler said retrying cannot help.
     Permanent,
+    /// The job's deadline (`deadline_ms`) passed before an attempt started: it never ran.
+    Expired,
 }
 
 impl DeadReason {
@@ -159,6 +161,7 @@ impl DeadReason {
             Self::MaxAttempts => "max_attempts",
             Self::Poison => "poison",
             Self::Permanent => "permanent_failure",
+            Self::Expired => "expired",
         }
     }
 }

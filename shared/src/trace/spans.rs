@@ -104,6 +104,7 @@ pub(crate) fn process(consumer: Consumer<'_>, delivery: &Delivery, job: Option<&
         jobstream.queue.wait_ms = job.map(|j| crate::clock::now_ms().saturating_sub(j.enqueued_at_ms)),
         jobstream.trace.context = Empty,
         jobstream.trace.context_error = Empty,
+        jobstream.job.timeout_ms = Empty,
         error.type = Empty,
     )
 }

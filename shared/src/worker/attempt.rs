@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::acker::AckSender;
 use super::{settle, Shared, TraceMode};
@@ -56,6 +57,15 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
         Ok(_) if delivery.delivery_count > shared.config.max_deliveries => {
             Outcome::Poison { deliveries: delivery.delivery_count }
         }
+        // A job whose deadline passed before this attempt could start never runs.
+        Ok(job) if job.deadline_ms().is_some_and(|deadline| crate::clock::now_ms() >= deadline) => {
+            let deadline = job.deadline_ms().unwrap_or_default();
+            span.add_event("expired", vec![opentelemetry::KeyValue::new("jobstream.job.deadline_ms", deadline as i64)]);
+            Outcome::Dead(
+                DeadReason::Expired,
+                format!("deadline {deadline} (unix ms) passed before attempt {} started", job.attempt),
+            )
+        }
         Ok(mut job) => {
             job.source = Some(shared.keys.queue().clone());
             run_handler(shared, job, &span, mark.as_ref()).await
@@ -74,12 +84,30 @@ async fn run_handler(shared: &Shared, job: Job, span: &tracing::Span, mark: Opti
     }
     let wait = Duration::from_millis(crate::clock::now_ms().saturating_sub(job.enqueued_at_ms));
     let started = Instant::now();
+    let timeout = shared.config.timeouts.resolve(job.timeout(), kind.as_str());
+    let cancel = job.cancel.0.clone();
     let future = match shared.handlers.dispatch(job) {
         Some(future) => future,
         None => return Outcome::Dead(DeadReason::UnknownKind, format!("no handler for kind {:?}", kind.as_str())),
     };
     // A panicking handler fails its job instead of the worker; caught in place, which costs less than a task.
-    let result = AssertUnwindSafe(future.instrument(span.clone())).catch_unwind().await;
+    let guarded = AssertUnwindSafe(future.instrument(span.clone())).catch_unwind();
+    let result = match timeout {
+        None => guarded.await,
+        Some(timeout) => {
+            span.record("jobstream.job.timeout_ms", timeout.as_millis() as u64);
+            match tokio::time::timeout(timeout, guarded).await {
+                Ok(result) => result,
+                Err(_) => {
+                    // Signal the handler's own work first, then drop its future (the timeout did).
+                    cancel.cancel();
+                    let ms = timeout.as_millis() as i64;
+                    span.add_event("timed_out", vec![opentelemetry::KeyValue::new("jobstream.job.timeout_ms", ms)]);
+                    Ok(Err(JobFailure::new("timeout", format!("the handler ran past its timeout of {timeout:?}"))))
+                }
+            }
+        }
+    };
     // Every registered kind has its handles, and only a registered kind's job gets this far.
     if let Some(hot) = shared.hot.kinds.get(kind.as_str()) {
         hot.processing.observe(started.elapsed().as_secs_f64());

@@ -77,6 +77,9 @@ pub struct WorkerConfig {
     pub max_deliveries: u64,
     /// When failed jobs run again.
     pub retry: RetryPolicy,
+    /// How long one attempt may run (a job's own `timeout_ms` wins); past it the handler's token is
+    /// cancelled, its future dropped, and the attempt fails with `error.type=timeout`. None by default.
+    pub timeouts: crate::bounds::JobTimeouts,
     /// Acknowledged entries older than this are trimmed from the stream (never one a group still needs);
     /// `None` keeps them.
     pub retention: Option<Duration>,
@@ -125,6 +128,7 @@ impl WorkerConfig {
             visibility_timeout: Duration::from_secs(60),
             max_deliveries: 5,
             retry: RetryPolicy::default(),
+            timeouts: crate::bounds::JobTimeouts::default(),
             retention: Some(Duration::from_secs(3600)),
             dead_retention: Some(Duration::from_secs(7 * 24 * 3600)),
             trace_mode: TraceMode::Parent,
