@@ -8,9 +8,10 @@
 //! Checking once per read batch instead would add a round trip to every batch. The price is latency: a pause takes
 //! effect within `POLL_EVERY` plus the read that may be blocking at that moment (at most `--block`).
 //!
-//! Until the flag has been read once, readers and promoter wait: a consumer restarted on a paused queue never reads
-//! a batch first. Afterwards, if the flag cannot be read (Redis away, or in a Cluster the base queue's node down)
-//! the last known state stands.
+//! Until the first read of the flag has an answer, readers and promoter wait: a consumer restarted on a paused queue
+//! never reads a batch first. When that first read fails (Redis away, or in a Cluster the base queue's node down),
+//! the queue counts as running until the flag can be read — the partitions whose nodes are up keep running; after
+//! a successful read, a failing one keeps the last known state.
 
 use std::time::Duration;
 
@@ -47,11 +48,21 @@ pub(super) fn spawn(pool: Pool, keys: Keys, stop: CancellationToken) -> (PauseSt
                     failing = false;
                     tx.send_if_modified(|state| state.replace(paused) != Some(paused));
                 }
-                Err(error) if !failing => {
-                    failing = true;
-                    tracing::warn!(%error, key = %keys.paused, "reading the queue's pause flag failed; keeping its last known state");
+                Err(error) => {
+                    // Never read yet: run. In a Cluster the flag lives on the base queue's node, and while that
+                    // node is down the partitions on the others must keep running (a flag that cannot be read
+                    // cannot be enforced); the next successful read applies a pause.
+                    let first = tx.send_if_modified(|state| state.is_none() && state.replace(false).is_none());
+                    if !failing {
+                        failing = true;
+                        let kept = if first {
+                            "reading as not paused until it can be read"
+                        } else {
+                            "keeping its last known state"
+                        };
+                        tracing::warn!(%error, key = %keys.paused, "reading the queue's pause flag failed; {kept}");
+                    }
                 }
-                Err(_) => {}
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
