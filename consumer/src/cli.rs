@@ -109,6 +109,14 @@ pub struct Cli {
     /// whichever is longer].
     #[arg(long, env = "JOBSTREAM_REMOVE_IDLE_CONSUMERS_AFTER", value_parser = idle_consumer_bound)]
     pub remove_idle_consumers_after: Option<Duration>,
+    /// How long a finished job's status record (state, attempts, progress, result) is kept for `producer job
+    /// show|result`, 1s to 365 days.
+    #[arg(long, env = "JOBSTREAM_JOB_RETENTION", default_value = "24h", value_parser = duration_between(Duration::from_secs(1), YEAR))]
+    pub job_retention: Duration,
+    /// Keep no status records: settling a job then writes nothing but its acknowledgement (or move), and
+    /// `producer job show` knows only what producers recorded.
+    #[arg(long, env = "JOBSTREAM_NO_JOB_RECORDS")]
+    pub no_job_records: bool,
 }
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -162,6 +170,8 @@ impl Cli {
         config.retention = nonzero(self.retention);
         config.dead_retention = nonzero(self.dead_retention);
         config.remove_idle_consumers_after = self.idle_consumer_bound();
+        config.job_records = !self.no_job_records;
+        config.job_retention = self.job_retention;
         config.timeouts =
             JobTimeouts { default: self.job_timeout, by_kind: self.job_timeout_for.iter().cloned().collect() };
         config.retry = RetryPolicy {

@@ -36,8 +36,9 @@ pub enum Command {
     Load(LoadArgs),
     /// Run the demo end to end: start consumers, send demo jobs, report what happened and one job's span tree.
     Demo(DemoArgs),
-    /// Serve the HTTP API: POST /v1/jobs {kind, payload, delay?, run_at?} answers 202 {id, trace_id}; plus
-    /// POST /v1/queues/{queue}/pause|resume; /healthz, /readyz, /metrics. An incoming traceparent is continued
+    /// Serve the HTTP API: POST /v1/jobs {kind, payload, delay?, run_at?} answers 202 {id, trace_id}; GET and
+    /// DELETE /v1/jobs/{id} show and cancel a job, GET /v1/jobs/{id}/result reads its result; POST
+    /// /v1/queues/{queue}/pause|resume; /healthz, /readyz, /metrics. An incoming traceparent is continued
     /// through the queue to the worker.
     Serve(ServeArgs),
     /// Show a queue's numbers: length, lag, pending, oldest pending age, consumers, delayed and dead counts.
@@ -52,6 +53,10 @@ pub enum Command {
     /// Pause or resume a whole queue: while paused, consumers start nothing new (running jobs finish).
     #[command(subcommand)]
     Queue(crate::queue::QueueCommand),
+    /// One job by its id: show where it is (waiting, running, delayed, done, dead, cancelled, expired), cancel it,
+    /// or print its result.
+    #[command(subcommand)]
+    Job(crate::job::JobCommand),
 }
 
 /// `producer serve`.
@@ -200,13 +205,17 @@ pub struct EnqueueArgs {
     pub schedule: ScheduleArgs,
 }
 
-/// How scheduled jobs are traced.
+/// How scheduled jobs are traced, and whether jobs get status records.
 #[derive(Args, Debug)]
 pub struct ScheduleArgs {
     /// A job scheduled further ahead than this is processed in a new trace linked to its `send` span
     /// (`trace_mode=link` on the entry), so traces stay bounded.
     #[arg(long, env = "JOBSTREAM_LINK_THRESHOLD", default_value = "1h", value_parser = parse_duration)]
     pub link_threshold: Duration,
+    /// Write no status record with each job (`<prefix>:{Q}:job:<id>`): an enqueue is then a bare XADD, and
+    /// `producer job show|cancel` cannot find the job until a consumer settles it.
+    #[arg(long, env = "JOBSTREAM_NO_JOB_RECORDS")]
+    pub no_job_records: bool,
 }
 
 /// `producer load`.

@@ -33,7 +33,8 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
     let pool = args.redis.pool(2, Duration::from_secs(10))?;
     let producer = Producer::new(pool, &args.queue.queue().map_err(usage)?)
         .with_limits(args.queue.limits())
-        .with_link_threshold(args.schedule.link_threshold);
+        .with_link_threshold(args.schedule.link_threshold)
+        .with_job_records(!args.schedule.no_job_records);
     let due = match (args.at, args.delay) {
         (Some(at), _) => Some(at),
         (None, Some(delay)) => {

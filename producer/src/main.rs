@@ -5,6 +5,7 @@ mod cli;
 mod cron;
 mod demo;
 mod enqueue;
+mod job;
 mod load;
 mod queue;
 mod serve;
@@ -73,6 +74,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Dead(command) => traced(settings()?, admin::dead(command)).await,
         cli::Command::Cron(command) => cron::run(command).await,
         cli::Command::Queue(command) => queue::run(command).await,
+        cli::Command::Job(command) => job::run(command).await,
     }
 }
 

@@ -20,8 +20,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use axum::body::{Body, HttpBody as _};
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -48,6 +48,16 @@ struct Api {
     prefix: String,
     token: Option<Arc<str>>,
     idempotency_ttl: Duration,
+    /// The served queue (its partitions): a job route without `?queue=` looks there.
+    queue: jobstream::Queue,
+}
+
+/// `?queue=Q&group=G` on the job routes; the served queue and the default group when absent.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobQuery {
+    queue: Option<String>,
+    group: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -121,7 +131,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_limits(args.queue.limits())
         .with_metrics(metrics.clone())
         .with_metric_kinds(metric_kinds)
-        .with_link_threshold(args.schedule.link_threshold);
+        .with_link_threshold(args.schedule.link_threshold)
+        .with_job_records(!args.schedule.no_job_records);
     // Refuse to start on a queue recorded with another partition count. If Redis does not answer yet, the
     // check runs again before the first enqueue.
     match producer.check_partitions().await {
@@ -138,10 +149,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         prefix: args.queue.prefix.clone(),
         token: args.api_token.as_ref().map(|t| t.expose()).filter(|t| !t.is_empty()).map(Arc::from),
         idempotency_ttl: args.idempotency_ttl,
+        queue: args.queue.queue().map_err(usage)?,
     };
     let health = HealthState { pool, keys, group: None, metrics, draining: shutdown.clone() };
     let app = Router::new()
         .route("/v1/jobs", post(create_job))
+        .route("/v1/jobs/{id}", axum::routing::get(show_job).delete(cancel_job))
+        .route("/v1/jobs/{id}/result", axum::routing::get(job_result))
         .route("/v1/queues/{queue}/pause", post(pause_queue))
         .route("/v1/queues/{queue}/resume", post(resume_queue))
         .layer(DefaultBodyLimit::max(args.queue.max_payload_bytes + 4096))
@@ -330,6 +344,99 @@ async fn set_paused(api: &Api, queue: &str, headers: &HeaderMap, pause: bool) ->
     Ok(Json(serde_json::json!({ "queue": queue.name().as_str(), "paused": pause, "changed": changed })).into_response())
 }
 
+/// The queue, group and job id a job route names.
+fn job_target(
+    api: &Api,
+    id: &str,
+    query: Result<Query<JobQuery>, QueryRejection>,
+) -> Result<(jobstream::Queue, jobstream::GroupName, jobstream::JobId), ApiError> {
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
+    let Query(query) = query.map_err(|e| bad(e.body_text()))?;
+    let id = jobstream::JobId::parse(id).map_err(|e| bad(format!("not a job id (a UUID): {e}")))?;
+    let queue = match query.queue {
+        Some(name) if name != api.queue.name().as_str() => {
+            jobstream::Queue::new(&name).and_then(|q| q.with_prefix(&api.prefix)).map_err(|e| bad(e.to_string()))?
+        }
+        _ => api.queue.clone(),
+    };
+    let group = match query.group {
+        Some(group) => jobstream::GroupName::parse(&group).map_err(|e| bad(e.to_string()))?,
+        None => jobstream::GroupName::default(),
+    };
+    Ok((queue, group, id))
+}
+
+fn unavailable(e: jobstream::Error) -> ApiError {
+    tracing::warn!(error = %e, "reading or changing a job failed");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the queue is unavailable: {e}"))
+}
+
+fn no_record(id: &jobstream::JobId, queue: &jobstream::Queue) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no record of job {id} on queue {queue}"))
+}
+
+/// `GET /v1/jobs/{id}`: `200` the job's status (`state` at the top level), `404` when it has no record.
+async fn show_job(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    query: Result<Query<JobQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    async {
+        authorize(&api, &headers)?;
+        let (queue, group, id) = job_target(&api, &id, query)?;
+        let status = jobstream::jobs::show(&api.pool, &queue, &group, &id).await.map_err(unavailable)?;
+        let status = status.ok_or_else(|| no_record(&id, &queue))?;
+        Ok::<_, ApiError>(Json(status).into_response())
+    }
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `DELETE /v1/jobs/{id}`: cancels the job. `200 {"outcome": "cancelled"|"signalled"|"already", …}` while the
+/// job is (or already was) cancelled, `409` with the outcome when it already finished, `404` when unknown.
+async fn cancel_job(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    query: Result<Query<JobQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    async {
+        authorize(&api, &headers)?;
+        let (queue, group, id) = job_target(&api, &id, query)?;
+        let retention = jobstream::jobs::DEFAULT_RETENTION;
+        let outcome = jobstream::jobs::cancel(&api.pool, &queue, &group, &id, retention).await.map_err(unavailable)?;
+        tracing::info!(job_id = %id, %queue, ?outcome, "cancel requested");
+        let status = match &outcome {
+            jobstream::jobs::CancelOutcome::NotFound => return Err(no_record(&id, &queue)),
+            outcome if outcome.is_cancelled() => StatusCode::OK,
+            _ => StatusCode::CONFLICT,
+        };
+        Ok::<_, ApiError>((status, Json(outcome)).into_response())
+    }
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET /v1/jobs/{id}/result`: `200 {"state", "result"}` (`result` null until the job is done or when it
+/// returned none), `404` when the job has no record.
+async fn job_result(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    query: Result<Query<JobQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    async {
+        authorize(&api, &headers)?;
+        let (queue, _, id) = job_target(&api, &id, query)?;
+        let stored = jobstream::jobs::result(&api.pool, &queue, &id).await.map_err(unavailable)?;
+        let stored = stored.ok_or_else(|| no_record(&id, &queue))?;
+        Ok::<_, ApiError>(Json(stored).into_response())
+    }
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
 /// Checks `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110 §11.1).
 fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &api.token else { return Ok(()) };
@@ -387,7 +494,7 @@ async fn json_errors(response: Response) -> Response {
     }
     let message = match status {
         StatusCode::NOT_FOUND => {
-            "no such route: the API is POST /v1/jobs and POST /v1/queues/{queue}/pause|resume".to_owned()
+            "no such route: the API is POST /v1/jobs, GET|DELETE /v1/jobs/{id}, GET /v1/jobs/{id}/result and POST /v1/queues/{queue}/pause|resume".to_owned()
         }
         StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this route".to_owned(),
         StatusCode::REQUEST_TIMEOUT => "the request was not received and answered in time".to_owned(),

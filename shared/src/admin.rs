@@ -269,7 +269,8 @@ pub async fn replay(pool: &Pool, keys: &Keys, dead_id: &str) -> crate::Result<Re
     let span = crate::trace::spans::replay(keys.queue().as_str(), &job, dead_id, &old_trace);
     job.trace = propagation::inject(&span.context()).unwrap_or_default();
     let mut invocation = REPLAY_DEAD.key(&keys.dead);
-    invocation.key(&keys.stream).arg(dead_id).arg(crate::stream::MAX_SCRIPT_VALUES);
+    // The job's status record (if it has one, or gets one now) goes back to `waiting` on the new entry.
+    invocation.key(&keys.stream).key(keys.job(&job.id.to_string())).arg(dead_id).arg(crate::stream::MAX_SCRIPT_VALUES);
     for (name, value) in job.to_fields() {
         invocation.arg(name).arg(value);
     }

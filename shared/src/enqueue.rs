@@ -33,6 +33,7 @@ use crate::queue::Queue;
 use crate::trace::{propagation, semconv, spans};
 use serde::Serialize;
 
+static ENQUEUE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("lua/enqueue.lua")));
 static ENQUEUE_ONCE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/enqueue_once.lua")));
 
@@ -82,6 +83,8 @@ pub struct Producer {
     metric_kinds: Option<Arc<HashSet<JobKind>>>,
     /// Jobs scheduled further ahead than this are processed in a new trace linked to their creation.
     link_threshold: Duration,
+    /// Write each job's status record ([`crate::jobs`]) with its entry.
+    job_records: bool,
 }
 
 struct RecordCheck {
@@ -102,6 +105,7 @@ impl std::fmt::Debug for Producer {
             .field("limits", &self.limits)
             .field("metric_kinds", &metric_kinds)
             .field("link_threshold", &self.link_threshold)
+            .field("job_records", &self.job_records)
             .finish_non_exhaustive()
     }
 }
@@ -125,7 +129,17 @@ impl Producer {
             record: Some(Arc::new(RecordCheck { record, done: tokio::sync::OnceCell::new() })),
             metric_kinds: None,
             link_threshold: DEFAULT_LINK_THRESHOLD,
+            job_records: true,
         }
+    }
+
+    /// Whether each job gets a status record ([`crate::jobs`]) in the same step as its entry (on by default):
+    /// what `producer job show|cancel` and [`crate::jobs::show`] find a waiting or scheduled job by. Off, an
+    /// enqueue is one XADD instead of a script (XADD and HSET), and the job is unknown to a lookup until a
+    /// worker settles it.
+    pub fn with_job_records(mut self, on: bool) -> Self {
+        self.job_records = on;
+        self
     }
 
     /// Jobs scheduled further ahead than `threshold` ([`Producer::enqueue_at`]) are processed in a new trace
@@ -296,24 +310,30 @@ impl Producer {
     async fn send(&self, keys: &Keys, mut jobs: Vec<Job>) -> Result<Vec<Enqueued>, EnqueueError> {
         let queue = keys.queue().as_str();
         let mut spans = Vec::with_capacity(jobs.len());
-        let mut pipe = redis::pipe();
+        let mut commands = Vec::with_capacity(jobs.len());
         for job in &mut jobs {
             let span = spans::send(&self.span_name, queue, job);
             let cx = span.context();
             job.trace = propagation::inject(&cx)?;
-            let mut cmd = redis::cmd("XADD");
-            cmd.arg(&keys.stream).arg("*");
+            // With records: the `enqueue` script (XADD, then the record); without: the XADD alone.
+            let mut cmd = if self.job_records {
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(ENQUEUE.get_hash()).arg(2).arg(&keys.stream).arg(keys.job(&job.id.to_string()));
+                cmd
+            } else {
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(&keys.stream).arg("*");
+                cmd
+            };
             for (name, value) in job.to_fields() {
                 cmd.arg(name).arg(value);
             }
-            pipe.add_command(cmd);
+            commands.push(cmd);
             spans.push((span, cx.span().span_context().trace_id()));
         }
-        // Each XADD's own reply: when Redis refuses some (at maxmemory), the others were still written.
-        pipe.ignore_errors();
         let replies: Result<Vec<redis::RedisResult<String>>, EnqueueError> = async {
             let mut conn = self.pool.get().await?;
-            Ok(pipe.query_async(&mut conn).await?)
+            Ok(crate::stream::run_pipelined(&mut conn, &ENQUEUE, commands).await?)
         }
         .await;
         let replies = match replies {
@@ -379,11 +399,11 @@ impl Producer {
         job.trace = propagation::inject(&cx)?;
         let trace_id = cx.span().span_context().trace_id();
         let mut invocation = ENQUEUE_ONCE.key(&keys.stream);
-        invocation
-            .key(keys.idempotency(key))
-            .arg(ttl.as_millis().max(1) as u64)
-            .arg(format!("{} {trace_id}", job.id))
-            .arg(fingerprint(&job));
+        invocation.key(keys.idempotency(key));
+        if self.job_records {
+            invocation.key(keys.job(&job.id.to_string()));
+        }
+        invocation.arg(ttl.as_millis().max(1) as u64).arg(format!("{} {trace_id}", job.id)).arg(fingerprint(&job));
         for (name, value) in job.to_fields() {
             invocation.arg(name).arg(value);
         }
@@ -482,9 +502,30 @@ impl Producer {
         let fields = job.to_fields();
         let member: Vec<&str> = fields.iter().flat_map(|(k, v)| [*k, v.as_str()]).collect();
         let member = serde_json::to_string(&member).expect("strings always serialize");
-        let result: Result<i64, EnqueueError> = async {
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("ZADD").arg(&keys.delayed).arg(due_ms).arg(member).ignore();
+        if self.job_records {
+            // The record in the same MULTI; its `traceparent` is the `send` span's, for a lookup's trace link.
+            let record = keys.job(&job.id.to_string());
+            let mut hset = redis::cmd("HSET");
+            hset.arg(&record)
+                .arg(crate::jobs::field::STATE)
+                .arg(crate::jobs::JobState::Delayed.as_str())
+                .arg(crate::jobs::field::RUN_AT)
+                .arg(due_ms)
+                .arg(crate::jobs::field::KIND)
+                .arg(job.kind.as_str())
+                .arg(crate::jobs::field::ENQUEUED_AT)
+                .arg(job.enqueued_at_ms);
+            if let Some(traceparent) = job.trace.get(crate::job::field::TRACEPARENT) {
+                hset.arg(crate::jobs::field::TRACEPARENT).arg(traceparent);
+            }
+            pipe.add_command(hset).ignore();
+            pipe.cmd("PERSIST").arg(&record).ignore();
+        }
+        let result: Result<(), EnqueueError> = async {
             let mut conn = self.pool.get().await?;
-            Ok(redis::cmd("ZADD").arg(&keys.delayed).arg(due_ms).arg(member).query_async(&mut conn).await?)
+            Ok(pipe.query_async(&mut conn).await?)
         }
         .await;
         if let Err(e) = result {

@@ -53,6 +53,9 @@ pub mod field {
     /// it included) is dead-lettered with reason `expired`, never run. A value that is not a whole number is
     /// ignored.
     pub const DEADLINE_MS: &str = "deadline_ms";
+    /// Set by the worker that moves a job from the delayed set to the stream (a scheduled job, a retry): when,
+    /// in unix ms. Replaced at each promotion; the `process` span shows it as a `promoted` event.
+    pub const PROMOTED_AT: &str = "promoted_at";
 }
 
 /// A stream entry's fields as strings, ordered by name.
@@ -225,22 +228,60 @@ pub struct Job {
     /// The queue (the partition's, `<queue>:<i>`, for a partitioned queue) a worker read the job from; `None`
     /// for a job not read from a queue.
     pub(crate) source: Option<QueueName>,
-    /// Signalled when the attempt must stop (its timeout passed); see [`Job::cancelled`].
-    pub(crate) cancel: CancelSignal,
+    /// The attempt's context: its cancellation token, result and progress sink; see [`Job::cancelled`].
+    pub(crate) context: Context,
 }
 
-/// The cancellation token of one attempt. Not part of a job's identity: two jobs are equal whatever their
-/// tokens.
+/// What one attempt shares with the worker running it. Not part of a job's identity: two jobs are equal
+/// whatever their contexts.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct CancelSignal(pub(crate) CancellationToken);
+pub(crate) struct Context(pub(crate) std::sync::Arc<AttemptContext>);
 
-impl PartialEq for CancelSignal {
+impl PartialEq for Context {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
 
-impl Eq for CancelSignal {}
+impl Eq for Context {}
+
+/// The worker's side of one attempt.
+#[derive(Debug, Default)]
+pub(crate) struct AttemptContext {
+    /// Cancelled when the attempt must stop: its timeout passed, or the job was cancelled.
+    pub(crate) token: CancellationToken,
+    /// Set (before the token is cancelled) when the stop is a cancel of the job, not a timeout.
+    pub(crate) cancel_requested: std::sync::atomic::AtomicBool,
+    /// The JSON the handler gave [`Job::set_result`].
+    pub(crate) result: std::sync::Mutex<Option<String>>,
+    /// Where progress goes; `None` for a job not run by a worker.
+    pub(crate) sink: Option<ProgressSink>,
+}
+
+impl AttemptContext {
+    /// Stops the attempt because its job was cancelled.
+    pub(crate) fn request_cancel(&self) {
+        self.cancel_requested.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.token.cancel();
+    }
+
+    /// True when the job was cancelled (not timed out).
+    pub(crate) fn is_cancel_requested(&self) -> bool {
+        self.cancel_requested.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Where a running attempt's progress is reported: its `process` span, and its status record if it has one.
+#[derive(Debug)]
+pub(crate) struct ProgressSink {
+    pub(crate) span: tracing::Span,
+    pub(crate) record: Option<(crate::connection::Pool, String)>,
+    /// Most bytes a result may have (the payload limit).
+    pub(crate) max_result_bytes: usize,
+}
+
+/// Most bytes one progress report may have.
+pub const MAX_PROGRESS_BYTES: usize = 4096;
 
 impl Job {
     /// The payload as a `T`. A payload that is not a `T` fails the attempt *permanently*
@@ -265,8 +306,58 @@ impl Job {
     /// (blocking calls in `spawn_blocking`, loops, calls to other services) watches it
     /// (`token.cancelled().await` in a `select!`, or `token.is_cancelled()`) to stop that work too. A job not
     /// run by a worker has a token that is never cancelled.
+    ///
+    /// A cancel of the job (`producer job cancel`, [`crate::jobs::cancel`]) cancels it too: the worker then
+    /// drops the handler's future and settles the job as `cancelled` (not retried).
     pub fn cancelled(&self) -> CancellationToken {
-        self.cancel.0.clone()
+        self.context.0.token.clone()
+    }
+
+    /// Keeps `value` as the job's result: stored (as JSON) in its status record when the attempt succeeds,
+    /// shown by `producer job show|result` and [`crate::jobs::result`], and kept for the job retention (24 h by
+    /// default). A later call replaces an earlier one. Fails, permanently (`error.type=result_too_large`), when
+    /// the JSON is longer than the payload limit, and with `bad_result` when `value` does not serialize.
+    pub fn set_result<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), crate::handler::JobFailure> {
+        let text = serde_json::to_string(value)
+            .map_err(|e| crate::handler::JobFailure::permanent("bad_result", format!("the result is not JSON: {e}")))?;
+        let limit = self.context.0.sink.as_ref().map_or(usize::MAX, |sink| sink.max_result_bytes);
+        if text.len() > limit {
+            return Err(crate::handler::JobFailure::permanent(
+                "result_too_large",
+                format!("the result is {} bytes; the limit is {limit} (the payload limit)", text.len()),
+            ));
+        }
+        *self.context.0.result.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(text);
+        Ok(())
+    }
+
+    /// Reports progress: `value` (a number, or small JSON of at most [`MAX_PROGRESS_BYTES`]) becomes a
+    /// `progress` event on the attempt's `process` span (attribute `jobstream.job.progress`, the JSON text) and
+    /// the `progress` field of the job's status record, shown by `producer job show`. Fails with `bad_progress`
+    /// when the value is too large or not JSON, or when the record cannot be written; the job itself goes on, so
+    /// a handler may ignore the error.
+    pub async fn progress<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), crate::handler::JobFailure> {
+        let text = serde_json::to_string(value)
+            .map_err(|e| crate::handler::JobFailure::new("bad_progress", format!("progress is not JSON: {e}")))?;
+        if text.len() > MAX_PROGRESS_BYTES {
+            return Err(crate::handler::JobFailure::new(
+                "bad_progress",
+                format!("progress is {} bytes; at most {MAX_PROGRESS_BYTES} are kept", text.len()),
+            ));
+        }
+        let Some(sink) = &self.context.0.sink else { return Ok(()) };
+        crate::trace::spans::progress(&sink.span, &text);
+        if let Some((pool, record)) = &sink.record {
+            let mut conn = pool.get().await.map_err(crate::Error::from)?;
+            redis::cmd("HSET")
+                .arg(record)
+                .arg(crate::jobs::field::PROGRESS)
+                .arg(&text)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(crate::Error::from)?;
+        }
+        Ok(())
     }
 
     /// Bounds every attempt of the job to `timeout` (the `timeout_ms` field, in whole ms, at least 1): it wins
@@ -314,7 +405,7 @@ impl Job {
             trace: TraceHeaders::default(),
             extra: Fields::new(),
             source: None,
-            cancel: CancelSignal::default(),
+            context: Context::default(),
         }
     }
 
@@ -362,7 +453,7 @@ impl Job {
             trace,
             extra: fields,
             source: None,
-            cancel: CancelSignal::default(),
+            context: Context::default(),
         })
     }
 }

@@ -170,6 +170,12 @@ pub struct Keys {
     /// `<prefix>:{Q}:paused`: present while the queue is paused ([`crate::pause`]); its value is when it was
     /// paused (unix ms). One flag for the whole queue: every partition's keys name the base queue's flag.
     pub paused: String,
+    /// `<prefix>:{Q}:cancels`: sorted set of job ids whose running attempt was asked to stop, score = when
+    /// (unix ms); polled by every worker process ([`crate::jobs`]). Like the pause flag, one per queue: every
+    /// partition's keys name the base queue's set.
+    pub cancels: String,
+    /// `<prefix>:{Q}:job:`: prefix of the per-job status records ([`Keys::job`]).
+    pub job_prefix: String,
 }
 
 impl Keys {
@@ -187,6 +193,8 @@ impl Keys {
             cron: format!("{base}:cron"),
             cron_last: format!("{base}:cron:last"),
             paused: format!("{base}:paused"),
+            cancels: format!("{base}:cancels"),
+            job_prefix: format!("{base}:job:"),
             stream: base,
         })
     }
@@ -197,11 +205,12 @@ impl Keys {
         if partitions <= 1 {
             return Ok(vec![Self::new(prefix, queue)?]);
         }
-        let paused = Self::new(prefix, queue)?.paused;
+        let base = Self::new(prefix, queue)?;
         (0..partitions)
             .map(|i| {
                 let mut keys = Self::new(prefix, &QueueName::parse(&format!("{queue}:{i}"))?)?;
-                keys.paused.clone_from(&paused);
+                keys.paused.clone_from(&base.paused);
+                keys.cancels.clone_from(&base.cancels);
                 Ok(keys)
             })
             .collect()
@@ -241,6 +250,12 @@ impl Keys {
         format!("{}:claim:{name}:{tick_ms}", self.cron)
     }
 
+    /// The status record of one job: `<prefix>:{Q}:job:<id>`, a hash in the slot of the partition the job goes
+    /// to ([`crate::jobs`] lists its fields).
+    pub fn job(&self, job_id: &str) -> String {
+        format!("{}{job_id}", self.job_prefix)
+    }
+
     /// The key under which a job's result is stored by the shipped job kinds.
     pub fn result(&self, job_id: &str) -> String {
         format!("{}{job_id}", self.result_prefix)
@@ -269,6 +284,8 @@ mod tests {
         let parts = Keys::partitioned("jobstream", &queue, 3).unwrap();
         assert_eq!(parts[2].stream, "jobstream:{jobs:2}");
         assert!(parts.iter().all(|k| k.paused == "jobstream:{jobs}:paused"));
+        assert!(parts.iter().all(|k| k.cancels == "jobstream:{jobs}:cancels"));
+        assert_eq!(parts[1].job("x"), "jobstream:{jobs:1}:job:x");
     }
 
     #[test]

@@ -57,6 +57,7 @@ pub mod handler;
 #[cfg(feature = "http")]
 pub mod health;
 pub mod job;
+pub mod jobs;
 pub mod keys;
 pub mod limits;
 pub mod loadprobe;

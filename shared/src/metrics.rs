@@ -43,7 +43,7 @@ pub struct OutcomeLabels {
     pub queue: String,
     /// Job kind.
     pub kind: String,
-    /// `succeeded`, `retried` or `dead`.
+    /// `succeeded`, `retried`, `dead` or `cancelled`.
     pub outcome: String,
 }
 

@@ -125,14 +125,43 @@ fn entry(value: redis::Value) -> Option<(String, RawFields)> {
     Some((id, fields))
 }
 
-/// Acknowledges entries; returns how many were still pending.
-pub(crate) async fn ack<C: ConnectionLike>(
+/// Sends `commands` (EVALSHAs of `script`, or plain commands) in one pipeline and returns each one's reply, so
+/// that one refused (at maxmemory) does not hide the others. When Redis does not know `script` yet (a restart,
+/// a new node), loads it and sends the commands it refused that way again: NOSCRIPT means nothing ran.
+pub(crate) async fn run_pipelined<C: ConnectionLike, T: redis::FromRedisValue>(
     conn: &mut C,
-    keys: &Keys,
-    group: &GroupName,
-    ids: &[impl redis::ToRedisArgs + Sync],
-) -> redis::RedisResult<u64> {
-    redis::cmd("XACK").arg(&keys.stream).arg(group.as_str()).arg(ids).query_async(conn).await
+    script: &redis::Script,
+    commands: Vec<redis::Cmd>,
+) -> redis::RedisResult<Vec<redis::RedisResult<T>>> {
+    let mut pipe = redis::pipe();
+    for cmd in commands {
+        pipe.add_command(cmd);
+    }
+    pipe.ignore_errors();
+    let mut replies: Vec<redis::RedisResult<T>> = pipe.query_async(conn).await?;
+    let no_script = |r: &redis::RedisResult<T>| matches!(r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript));
+    if !replies.iter().any(no_script) {
+        return Ok(replies);
+    }
+    script.prepare_invoke().load_async(conn).await?;
+    let again: Vec<usize> = (0..replies.len()).filter(|&i| no_script(&replies[i])).collect();
+    let mut retry = redis::pipe();
+    for (_, cmd) in pipe.cmd_iter().enumerate().filter(|(i, _)| again.contains(i)) {
+        retry.add_command(cmd.clone());
+    }
+    retry.ignore_errors();
+    let retried: Vec<redis::RedisResult<T>> = retry.query_async(conn).await?;
+    for (i, reply) in again.into_iter().zip(retried) {
+        replies[i] = reply;
+    }
+    Ok(replies)
+}
+
+/// The XACK of entries `ids`; its reply is how many were still pending.
+pub(crate) fn ack_cmd(keys: &Keys, group: &GroupName, ids: &[impl redis::ToRedisArgs + Sync]) -> redis::Cmd {
+    let mut cmd = redis::cmd("XACK");
+    cmd.arg(&keys.stream).arg(group.as_str()).arg(ids);
+    cmd
 }
 
 /// Why a job was dead-lettered; the `dead.reason` field of the dead entry.
@@ -177,6 +206,8 @@ pub(crate) struct DeadLetter<'a> {
     pub consumer: &'a str,
     /// Cap on the dead stream's length; 0 for none.
     pub dead_maxlen: u64,
+    /// The job's status record: its key, its update (a JSON array of field/value strings) and time to live.
+    pub record: Option<(&'a str, &'a str, u64)>,
 }
 
 /// A stream length cap as XADD takes it: Redis reads MAXLEN as a signed 64-bit number, so larger caps (which
@@ -216,12 +247,21 @@ pub(crate) async fn dead_letter<C: ConnectionLike>(
     letter: &DeadLetter<'_>,
 ) -> redis::RedisResult<Settled> {
     let mut invocation = SETTLE.key(&keys.stream);
+    invocation.key(&keys.dead);
+    let (record_json, record_ttl) = match letter.record {
+        Some((key, json, ttl)) => {
+            invocation.key(key);
+            (json, ttl)
+        }
+        None => ("", 0),
+    };
     invocation
-        .key(&keys.dead)
         .arg(group.as_str())
         .arg(letter.consumer)
         .arg(&delivery.message_id)
         .arg("dead")
+        .arg(record_json)
+        .arg(record_ttl)
         .arg(maxlen_arg(letter.dead_maxlen))
         .arg(MAX_SCRIPT_VALUES)
         .arg(12);
@@ -247,7 +287,9 @@ pub(crate) async fn dead_letter<C: ConnectionLike>(
 
 /// Puts a failed attempt's successor (`next_fields`, attempt already incremented) in the delayed set, due at
 /// `due_ms`, and acknowledges the attempt, all or nothing; nothing is written unless the entry is still
-/// pending for `consumer`.
+/// pending for `consumer`. `record` is the job's status record: key, update (a JSON array of field/value
+/// strings) and time to live.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn schedule_retry<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
@@ -256,16 +298,26 @@ pub(crate) async fn schedule_retry<C: ConnectionLike>(
     message_id: &str,
     due_ms: u64,
     next_fields: &[(&str, &str)],
+    record: Option<(&str, &str, u64)>,
 ) -> redis::RedisResult<Settled> {
     let member: Vec<&str> = next_fields.iter().flat_map(|(k, v)| [*k, *v]).collect();
     let member = serde_json::to_string(&member).expect("strings always serialize");
-    let moved: i64 = SETTLE
-        .key(&keys.stream)
-        .key(&keys.delayed)
+    let mut invocation = SETTLE.key(&keys.stream);
+    invocation.key(&keys.delayed);
+    let (record_json, record_ttl) = match record {
+        Some((key, json, ttl)) => {
+            invocation.key(key);
+            (json, ttl)
+        }
+        None => ("", 0),
+    };
+    let moved: i64 = invocation
         .arg(group.as_str())
         .arg(consumer)
         .arg(message_id)
         .arg("retry")
+        .arg(record_json)
+        .arg(record_ttl)
         .arg(due_ms)
         .arg(member)
         .invoke_async(conn)
@@ -282,17 +334,20 @@ pub(crate) struct Promoted {
     pub dead_lettered: usize,
     /// Due members that could not become an entry and stayed: the dead stream's key holds another type.
     pub stuck: usize,
+    /// Due jobs dropped because their status record says they were cancelled.
+    pub cancelled: usize,
 }
 
 impl Promoted {
     /// Members taken out of the delayed set.
     pub(crate) fn total(&self) -> usize {
-        self.moved + self.dead_lettered + self.stuck
+        self.moved + self.dead_lettered + self.stuck + self.cancelled
     }
 }
 
 /// Moves up to `limit` jobs due by `now_ms` from the delayed set to the stream; a member that cannot be moved
 /// goes to the dead stream (capped at `dead_maxlen`, 0 for none) with the reason, so it never blocks the rest.
+/// With `records`, a job whose status record says cancelled is dropped, and a moved job's record is updated.
 pub(crate) async fn promote_due<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
@@ -300,8 +355,9 @@ pub(crate) async fn promote_due<C: ConnectionLike>(
     limit: usize,
     dead_maxlen: u64,
     consumer: &str,
+    records: bool,
 ) -> redis::RedisResult<Promoted> {
-    let (moved, dead_lettered, stuck): (usize, usize, usize) = PROMOTE_DUE
+    let (moved, dead_lettered, stuck, cancelled): (usize, usize, usize, usize) = PROMOTE_DUE
         .key(&keys.delayed)
         .key(&keys.stream)
         .key(&keys.dead)
@@ -310,9 +366,10 @@ pub(crate) async fn promote_due<C: ConnectionLike>(
         .arg(maxlen_arg(dead_maxlen))
         .arg(MAX_SCRIPT_VALUES)
         .arg(consumer)
+        .arg(if records { keys.job_prefix.as_str() } else { "" })
         .invoke_async(conn)
         .await?;
-    Ok(Promoted { moved, dead_lettered, stuck })
+    Ok(Promoted { moved, dead_lettered, stuck, cancelled })
 }
 
 /// Resets the idle time of entries this consumer still owns; returns the ids it no longer owns.

@@ -1,6 +1,7 @@
 //! `demo`: the seed's worker as a job kind. Four steps, each a child span of `process`: `http-request`,
 //! `load-data`, `process-data` (with simulated latency; one of these may fail at the configured rate) and
-//! `save-data`, which stores the job's result in Redis so a run can be checked for completeness.
+//! `save-data`, which stores the job's result in Redis so a run can be checked for completeness. It reports
+//! progress after each step and gives its result to `Job::set_result`, so `producer job show` has both.
 
 use std::time::Duration;
 
@@ -74,7 +75,14 @@ impl JobHandler for Demo {
             );
             let result = async {
                 if !latency.is_zero() {
-                    tokio::time::sleep(latency).await;
+                    // A cancel or a timeout stops the step at once.
+                    let stop = job.cancelled();
+                    tokio::select! {
+                        () = tokio::time::sleep(latency) => {}
+                        () = stop.cancelled() => {
+                            return Err(JobFailure::new("cancelled", format!("{name} stopped: the attempt was cancelled")));
+                        }
+                    }
                 }
                 if fail_at == Some(index) {
                     return Err(JobFailure::new("simulated_failure", format!("{name} failed (simulated)")));
@@ -94,6 +102,7 @@ impl JobHandler for Demo {
                         "input": job.payload.deserialize::<serde_json::Value>().unwrap_or_default(),
                         "finished_at_ms": jobstream::clock::now_ms(),
                     });
+                    job.set_result(&result)?;
                     results::store_result(
                         &self.pool,
                         &super::keys_of(&self.prefix, &job)?,
@@ -112,6 +121,15 @@ impl JobHandler for Demo {
                 span.set_status(Status::error(failure.message.clone()));
                 span.set_attribute("error.type", failure.error_type.clone());
                 return Err(failure);
+            }
+            // Progress after each step that took time (`{"step": <name>, "done": <steps done>, "of": 4}`); at
+            // latency scale 0 the steps are instant and reporting them would only cost Redis writes. A record
+            // that cannot be written does not stop the job.
+            if !latency.is_zero() {
+                let report = serde_json::json!({ "step": name, "done": index + 1, "of": STEPS.len() });
+                if let Err(e) = job.progress(&report).await {
+                    tracing::warn!(error = %e, "progress not recorded");
+                }
             }
         }
         Ok(())

@@ -6,7 +6,8 @@
 -- schedule must still be the one the caller read (same spec text): a schedule removed, paused or replaced in
 -- between enqueues nothing. Key types are checked before the first write; the shebang line makes Redis refuse
 -- the whole script under OOM.
--- KEYS[1] schedules hash (name -> spec JSON), KEYS[2] last ticks hash (name -> unix ms), KEYS[3] stream
+-- KEYS[1] schedules hash (name -> spec JSON), KEYS[2] last ticks hash (name -> unix ms), KEYS[3] stream,
+-- KEYS[4] (optional) the tick job's status record, written as the `enqueue` script writes it
 -- ARGV[1] schedule name, ARGV[2] tick (unix ms, decimal), ARGV[3] the spec JSON the caller read,
 -- ARGV[4..] the entry's field/value pairs (a fixed, small number the library builds)
 -- Returns {1, entry id} enqueued; {0, last tick} this tick or a later one was enqueued already;
@@ -34,4 +35,7 @@ for i = 4, #ARGV do
 end
 local id = redis.call('XADD', KEYS[3], '*', unpack(fields))
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if KEYS[4] then
+  redis.pcall('HSET', KEYS[4], 'state', 'waiting', 'msg', id)
+end
 return {1, id}

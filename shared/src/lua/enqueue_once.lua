@@ -8,7 +8,8 @@
 -- key of another type), the bound on the fields, the XADD itself (a stream key of another type). The SET after
 -- the XADD cannot fail: it overwrites nothing or the string the GET read.
 --
--- KEYS[1] stream, KEYS[2] idempotency key
+-- KEYS[1] stream, KEYS[2] idempotency key, KEYS[3] (optional) the job's status record: written as the
+-- `enqueue` script writes it
 -- ARGV[1] time to live (ms), ARGV[2] "<job id> <trace id>", ARGV[3] the job's fingerprint (hex SHA-1 of
 -- "<kind>\n<payload>"), ARGV[4..] the entry's field/value pairs
 -- The key holds "<job id> <trace id> <entry id> <fingerprint>". A record of three words (written before
@@ -30,4 +31,8 @@ if #ARGV - 3 > 4000 then
 end
 local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
 redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. id .. ' ' .. ARGV[3], 'PX', ARGV[1])
+if KEYS[3] then
+  redis.pcall('HSET', KEYS[3], 'state', 'waiting', 'msg', id)
+  redis.pcall('PERSIST', KEYS[3])
+end
 return {1, ARGV[2], id}

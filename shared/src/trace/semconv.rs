@@ -58,3 +58,11 @@ pub const JOB_TRACE_MODE: &str = "jobstream.job.trace_mode";
 pub const CRON_NAME: &str = "jobstream.cron.name";
 /// On the root `send` span of a periodic job: the tick's time, unix ms (when it was due, not when it ran).
 pub const CRON_TICK: &str = "jobstream.cron.tick";
+/// Event `progress`: what the handler reported ([`crate::Job::progress`]), as JSON text.
+pub const JOB_PROGRESS: &str = "jobstream.job.progress";
+/// Event `promoted`: when the job left the delayed set for the stream (unix ms; the entry's `promoted_at`).
+pub const JOB_PROMOTED_AT: &str = "jobstream.job.promoted_at";
+/// Event `queue_paused`: how long the job waited while its queue was paused (ms).
+pub const QUEUE_PAUSED_MS: &str = "jobstream.queue.paused_ms";
+/// Event `cancelled`: whether the handler had started (`true`) or the job was stopped before it ran.
+pub const CANCEL_STARTED: &str = "jobstream.cancel.started";

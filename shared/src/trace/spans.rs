@@ -160,3 +160,24 @@ pub(crate) fn settle_event(span: &Span, settled: Settled) {
     };
     span.add_event("settle", attributes);
 }
+
+/// Adds a `progress` event (the handler's report, JSON `text`) to a `process` span.
+pub(crate) fn progress(span: &Span, text: &str) {
+    span.add_event("progress", vec![KeyValue::new(semconv::JOB_PROGRESS, text.to_owned())]);
+}
+
+/// Adds the `promoted` event to a `process` span: its job came from the delayed set at `promoted_at_ms`.
+pub(crate) fn promoted(span: &Span, promoted_at_ms: u64) {
+    span.add_event("promoted", vec![KeyValue::new(semconv::JOB_PROMOTED_AT, promoted_at_ms as i64)]);
+}
+
+/// Adds the `queue_paused` event to a `process` span: its job waited `paused_ms` while the queue was paused.
+pub(crate) fn queue_paused(span: &Span, paused_ms: u64) {
+    span.add_event("queue_paused", vec![KeyValue::new(semconv::QUEUE_PAUSED_MS, paused_ms as i64)]);
+}
+
+/// Adds the `cancelled` event to a `process` span: the job was cancelled, while its handler ran (`started`) or
+/// before it could start.
+pub(crate) fn cancelled(span: &Span, started: bool) {
+    span.add_event("cancelled", vec![KeyValue::new(semconv::CANCEL_STARTED, started)]);
+}

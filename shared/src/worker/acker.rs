@@ -18,15 +18,26 @@ use crate::stream;
 /// Most ids in one XACK.
 const MAX_BATCH: usize = 1024;
 
+/// A job's status record as its acknowledgement leaves it: `fields` set, then expiring after `ttl_ms`.
+#[derive(Debug)]
+pub(crate) struct RecordUpdate {
+    pub(crate) key: String,
+    pub(crate) fields: Vec<(std::borrow::Cow<'static, str>, String)>,
+    pub(crate) ttl_ms: u64,
+}
+
+/// One acknowledgement: the entry id, the job's load-test mark, and its record's update.
+type Ack = (String, Option<Mark>, Option<RecordUpdate>);
+
 /// Sends ids of successful jobs to the acknowledging task.
 #[derive(Clone)]
-pub(crate) struct AckSender(mpsc::UnboundedSender<(String, Option<Mark>)>);
+pub(crate) struct AckSender(mpsc::UnboundedSender<Ack>);
 
 impl AckSender {
-    /// Queues one id for acknowledgement, with the job's load-test mark if it has one. Fails only after the
-    /// acker stopped.
-    pub(crate) fn send(&self, id: String, mark: Option<Mark>) -> bool {
-        self.0.send((id, mark)).is_ok()
+    /// Queues one id for acknowledgement, with the job's load-test mark if it has one and the update of its
+    /// status record (sent in the same round trip as the XACK). Fails only after the acker stopped.
+    pub(crate) fn send(&self, id: String, mark: Option<Mark>, record: Option<RecordUpdate>) -> bool {
+        self.0.send((id, mark, record)).is_ok()
     }
 }
 
@@ -49,24 +60,43 @@ async fn run(
     keys: Keys,
     group: GroupName,
     probes: Arc<Probes>,
-    mut rx: mpsc::UnboundedReceiver<(String, Option<Mark>)>,
+    mut rx: mpsc::UnboundedReceiver<Ack>,
     give_up: CancellationToken,
 ) -> u64 {
-    let mut batch: Vec<(String, Option<Mark>)> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Ack> = Vec::with_capacity(MAX_BATCH);
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     let mut unsent = 0;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         loop {
-            let ids: Vec<&str> = batch.iter().map(|(id, _)| id.as_str()).collect();
+            let ids: Vec<&str> = batch.iter().map(|(id, _, _)| id.as_str()).collect();
             let sent = async {
                 let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-                stream::ack(&mut conn, &keys, &group, &ids).await.map_err(|e| e.to_string())
+                let mut pipe = redis::pipe();
+                pipe.add_command(stream::ack_cmd(&keys, &group, &ids));
+                // The records' updates follow the XACK in the same round trip; one refused (Redis full) never
+                // holds the acknowledgement back: a lookup checks a `waiting` record against the stream.
+                for (_, _, record) in &batch {
+                    if let Some(record) = record {
+                        let mut hset = redis::cmd("HSET");
+                        hset.arg(&record.key);
+                        for (name, value) in &record.fields {
+                            hset.arg(name.as_ref()).arg(value);
+                        }
+                        pipe.add_command(hset).ignore();
+                        pipe.cmd("PEXPIRE").arg(&record.key).arg(record.ttl_ms).ignore();
+                    }
+                }
+                pipe.ignore_errors();
+                let mut replies: Vec<redis::RedisResult<u64>> =
+                    pipe.query_async(&mut conn).await.map_err(|e| e.to_string())?;
+                replies.truncate(1);
+                replies.pop().unwrap_or(Ok(0)).map_err(|e| e.to_string())
             }
             .await;
             match sent {
                 Ok(_) => {
                     backoff.reset();
-                    probes.acked(batch.iter().filter_map(|(_, mark)| mark.as_ref()));
+                    probes.acked(batch.iter().filter_map(|(_, mark, _)| mark.as_ref()));
                     batch.clear();
                     break;
                 }

@@ -8,10 +8,14 @@ use futures_util::FutureExt as _;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use std::sync::Arc;
+
+use opentelemetry::trace::TraceContextExt as _;
+
 use super::acker::AckSender;
 use super::{settle, Shared, TraceMode};
 use crate::handler::JobFailure;
-use crate::job::{field, fields_from_raw, Job};
+use crate::job::{field, fields_from_raw, AttemptContext, Context, Job, ProgressSink};
 use crate::loadprobe::Mark;
 use crate::stream::{DeadReason, Delivery};
 use crate::trace::propagation::TraceHeaders;
@@ -28,6 +32,26 @@ pub(super) enum Outcome {
     Poison { deliveries: u64 },
     /// Not run, and never can be: the entry is not a job, or no handler knows its kind.
     Dead(DeadReason, String),
+    /// The job was cancelled ([`crate::jobs::cancel`]): stopped while its handler ran (`started`), or found
+    /// cancelled before it started. Acknowledged, never retried.
+    Cancelled { started: bool },
+}
+
+/// What a job's status record needs from its attempt; `None` when records are off or the entry is not a job.
+#[derive(Debug)]
+pub(super) struct Tracked {
+    /// The record's key.
+    pub(super) key: String,
+    pub(super) attempt: u32,
+    pub(super) kind: String,
+    pub(super) enqueued_at_ms: u64,
+    pub(super) traceparent: Option<String>,
+    /// When the attempt started (unix ms).
+    pub(super) started_ms: u64,
+    pub(super) trace_id: String,
+    pub(super) span_id: String,
+    /// The attempt's context: its result.
+    pub(super) context: Arc<AttemptContext>,
 }
 
 /// Runs one attempt at `delivery` and settles its outcome; the entry counts as in flight (its claim renewed)
@@ -52,6 +76,48 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
     let in_flight = &shared.hot.in_flight;
     in_flight.inc();
     shared.in_flight.insert(&delivery.message_id);
+    // The attempt's context: cancellation, result, progress (to the span, and the record when kept).
+    let mut decoded = decoded;
+    let mut tracked = None;
+    let mut job_id = None;
+    if let Ok(job) = &mut decoded {
+        let id = job.id.to_string();
+        let record = shared.config.job_records.then(|| shared.keys.job(&id));
+        let context = Arc::new(AttemptContext {
+            sink: Some(ProgressSink {
+                span: span.clone(),
+                record: record.clone().map(|key| (shared.pool.clone(), key)),
+                max_result_bytes: shared.config.limits.max_payload_bytes,
+            }),
+            ..AttemptContext::default()
+        });
+        job.context = Context(context.clone());
+        if let Some(key) = record {
+            let cx = span.context();
+            let span_cx = cx.span().span_context().clone();
+            tracked = Some(Tracked {
+                key,
+                attempt: job.attempt,
+                kind: job.kind.as_str().to_owned(),
+                enqueued_at_ms: job.enqueued_at_ms,
+                traceparent: job.trace.get(field::TRACEPARENT).map(str::to_owned),
+                started_ms: crate::clock::now_ms(),
+                trace_id: span_cx.trace_id().to_string(),
+                span_id: span_cx.span_id().to_string(),
+                context: context.clone(),
+            });
+        }
+        shared.control.started(&id, &context);
+        // Transitions before this attempt: promoted from the delayed set, waited while the queue was paused.
+        let promoted = delivery.field(field::PROMOTED_AT).and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+        if let Some(at) = promoted {
+            spans::promoted(&span, at);
+        }
+        if let Some(paused_ms) = shared.control.paused_while_waiting(promoted.unwrap_or(job.enqueued_at_ms)) {
+            spans::queue_paused(&span, paused_ms);
+        }
+        job_id = Some(id);
+    }
     let outcome = match decoded {
         Err(e) => Outcome::Dead(DeadReason::Undecodable, e.to_string()),
         Ok(_) if delivery.delivery_count > shared.config.max_deliveries => {
@@ -66,12 +132,17 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
                 format!("deadline {deadline} (unix ms) passed before attempt {} started", job.attempt),
             )
         }
+        // Cancelled while it waited to be taken over, or between the cancel and its delivery.
+        Ok(job) if shared.control.is_cancelled(&job.id.to_string()) => Outcome::Cancelled { started: false },
         Ok(mut job) => {
             job.source = Some(shared.keys.queue().clone());
             run_handler(shared, job, &span, mark.as_ref()).await
         }
     };
-    settle::settle(shared, &delivery, outcome, &span, acks, mark).await;
+    if let Some(id) = &job_id {
+        shared.control.finished(id);
+    }
+    settle::settle(shared, &delivery, outcome, &span, acks, mark, tracked).await;
     shared.in_flight.remove(&delivery.message_id);
     in_flight.dec();
     shared.stats.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -85,25 +156,37 @@ async fn run_handler(shared: &Shared, job: Job, span: &tracing::Span, mark: Opti
     let wait = Duration::from_millis(crate::clock::now_ms().saturating_sub(job.enqueued_at_ms));
     let started = Instant::now();
     let timeout = shared.config.timeouts.resolve(job.timeout(), kind.as_str());
-    let cancel = job.cancel.0.clone();
+    let context = job.context.0.clone();
     let future = match shared.handlers.dispatch(job) {
         Some(future) => future,
         None => return Outcome::Dead(DeadReason::UnknownKind, format!("no handler for kind {:?}", kind.as_str())),
     };
     // A panicking handler fails its job instead of the worker; caught in place, which costs less than a task.
     let guarded = AssertUnwindSafe(future.instrument(span.clone())).catch_unwind();
+    // A cancel of the job cancels the token: the handler's future is dropped (`None`).
+    let token = context.token.clone();
+    let cancellable = async {
+        tokio::select! {
+            biased;
+            result = guarded => Some(result),
+            () = token.cancelled() => None,
+        }
+    };
     let result = match timeout {
-        None => guarded.await,
+        None => cancellable.await,
         Some(timeout) => {
             span.record("jobstream.job.timeout_ms", timeout.as_millis() as u64);
-            match tokio::time::timeout(timeout, guarded).await {
+            match tokio::time::timeout(timeout, cancellable).await {
                 Ok(result) => result,
                 Err(_) => {
                     // Signal the handler's own work first, then drop its future (the timeout did).
-                    cancel.cancel();
+                    context.token.cancel();
                     let ms = timeout.as_millis() as i64;
                     span.add_event("timed_out", vec![opentelemetry::KeyValue::new("jobstream.job.timeout_ms", ms)]);
-                    Ok(Err(JobFailure::new("timeout", format!("the handler ran past its timeout of {timeout:?}"))))
+                    Some(Ok(Err(JobFailure::new(
+                        "timeout",
+                        format!("the handler ran past its timeout of {timeout:?}"),
+                    ))))
                 }
             }
         }
@@ -114,9 +197,12 @@ async fn run_handler(shared: &Shared, job: Job, span: &tracing::Span, mark: Opti
         hot.queue_wait.observe(wait.as_secs_f64());
     }
     match result {
-        Ok(Ok(())) => Outcome::Succeeded,
-        Ok(Err(failure)) => Outcome::Failed { failure, kind: kind.as_str().to_owned(), attempt },
-        Err(panic) => {
+        Some(Ok(Ok(()))) => Outcome::Succeeded,
+        // Cancelled: the future was dropped, or the handler saw the token and returned its own error first.
+        _ if context.is_cancel_requested() => Outcome::Cancelled { started: true },
+        None => Outcome::Cancelled { started: true },
+        Some(Ok(Err(failure))) => Outcome::Failed { failure, kind: kind.as_str().to_owned(), attempt },
+        Some(Err(panic)) => {
             // The panic hook (installed by `telemetry::init`) already logged it, in this span, as one line; the
             // settle line that follows carries the message too.
             let message = format!("handler panicked: {}", crate::handler::panic_message(&*panic));

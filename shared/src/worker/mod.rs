@@ -17,6 +17,7 @@
 
 mod acker;
 mod attempt;
+mod control;
 mod counts;
 mod pause;
 mod probes;
@@ -90,6 +91,11 @@ pub struct WorkerConfig {
     /// A consumer of the group idle this long that holds no pending entry (a process that is gone) is removed
     /// from the group by the trim task; `None` never removes one.
     pub remove_idle_consumers_after: Option<Duration>,
+    /// Keep each job's status record ([`crate::jobs`]): its state, attempts, progress and result, updated with
+    /// the writes settling does anyway. On by default; off saves a hash write per settled job.
+    pub job_records: bool,
+    /// How long a finished job's status record (and its result) is kept: 24 h by default.
+    pub job_retention: Duration,
 }
 
 /// How a `process` span relates to the context found on the entry.
@@ -133,6 +139,8 @@ impl WorkerConfig {
             dead_retention: Some(Duration::from_secs(7 * 24 * 3600)),
             trace_mode: TraceMode::Parent,
             remove_idle_consumers_after: Some(Duration::from_secs(3600)),
+            job_records: true,
+            job_retention: crate::jobs::DEFAULT_RETENTION,
         }
     }
 
@@ -199,6 +207,8 @@ pub struct WorkerStats {
     pub retried: AtomicU64,
     /// Entries moved to the dead stream.
     pub dead_lettered: AtomicU64,
+    /// Jobs cancelled, running or before they started.
+    pub cancelled: AtomicU64,
     /// Jobs running now.
     pub in_flight: AtomicU64,
 }
@@ -225,6 +235,8 @@ pub(crate) struct Shared {
     pub(crate) process_span_name: String,
     /// Whether the queue is paused, as last read by the process's pause watch.
     pub(crate) pause: pause::PauseState,
+    /// Cancel requests and running attempts, shared by the process's partitions and its pause watch.
+    pub(crate) control: Arc<control::Control>,
 }
 
 /// Metric handles the job path updates for every job.
@@ -336,7 +348,9 @@ impl Worker {
         });
         let partitions = self.queue.partition_keys();
         // One pause watch per process: every partition names the base queue's flag.
-        let (pause_state, pause_watch) = pause::spawn(self.pool.clone(), partitions[0].clone(), stop.clone());
+        let control = Arc::new(control::Control::default());
+        let (pause_state, pause_watch) =
+            pause::spawn(self.pool.clone(), partitions[0].clone(), control.clone(), stop.clone());
         // Periodic schedules live under partition 0's keys; one scheduler per process enqueues their ticks.
         let scheduler = tokio::spawn(schedule::schedule(
             schedule::Scheduler {
@@ -354,7 +368,7 @@ impl Worker {
             let worker = PartitionWorker::new(self.pool.clone(), keys, self.handlers.clone(), config.clone())
                 .with_metrics(self.metrics.clone())
                 .with_stats(self.stats.clone())
-                .with_pause(pause_state.clone());
+                .with_pause(pause_state.clone(), control.clone());
             readers.spawn(worker.run(stop.clone()));
         }
         let mut result = Ok(());
@@ -399,6 +413,7 @@ impl PartitionWorker {
                 hot,
                 process_span_name,
                 pause: pause::never_paused(),
+                control: Arc::default(),
             }),
         }
     }
@@ -417,9 +432,11 @@ impl PartitionWorker {
         self
     }
 
-    /// Waits while the queue is paused, as `state` says.
-    pub(crate) fn with_pause(mut self, state: pause::PauseState) -> Self {
-        Arc::get_mut(&mut self.shared).expect("not running yet").pause = state;
+    /// Waits while the queue is paused, as `state` says, and stops the jobs `control` says are cancelled.
+    pub(crate) fn with_pause(mut self, state: pause::PauseState, control: Arc<control::Control>) -> Self {
+        let shared = Arc::get_mut(&mut self.shared).expect("not running yet");
+        shared.pause = state;
+        shared.control = control;
         self
     }
 

@@ -2,7 +2,8 @@
 //! publishes it on a watch channel; each partition's read loop waits on the channel while the queue is paused, and
 //! the promoter skips its runs.
 //!
-//! Cost: polling is one `EXISTS` every [`POLL_EVERY`] per process, whatever the number of partitions, jobs or
+//! Cost: polling is one pipelined `EXISTS` and `ZRANGEBYSCORE` (the cancel set, [`super::control`]) every
+//! [`POLL_EVERY`] per process, whatever the number of partitions, jobs or
 //! reads — against a read loop that sends at least one `XREADGROUP` per `--block` (2 s) when idle and one per batch
 //! under load, this adds 4 commands a second and nothing to the job path (the readers read an in-memory value).
 //! Checking once per read batch instead would add a round trip to every batch. The price is latency: a pause takes
@@ -13,9 +14,12 @@
 //! the queue counts as running until the flag can be read — the partitions whose nodes are up keep running; after
 //! a successful read, a failing one keeps the last known state.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+
+use super::control::Control;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::Pool;
@@ -32,20 +36,45 @@ pub(super) fn never_paused() -> PauseState {
     watch::channel(Some(false)).1
 }
 
-/// Polls the flag of `keys`' queue every [`POLL_EVERY`] until `stop`.
-pub(super) fn spawn(pool: Pool, keys: Keys, stop: CancellationToken) -> (PauseState, tokio::task::JoinHandle<()>) {
+/// Polls the flag of `keys`' queue, and its cancel set (in the same round trip, both under the base queue's
+/// tag), every [`POLL_EVERY`] until `stop`; what it reads goes to the returned state and to `control`.
+pub(super) fn spawn(
+    pool: Pool,
+    keys: Keys,
+    control: Arc<Control>,
+    stop: CancellationToken,
+) -> (PauseState, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
     let task = tokio::spawn(async move {
         let mut failing = false;
+        // The first read takes every remembered cancel; later ones what is new, with a margin for clocks.
+        let mut cancels_since: Option<u64> = None;
         loop {
+            let now = crate::clock::now_ms();
             let read = async {
                 let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-                crate::pause::read_flag(&mut conn, &keys).await.map_err(|e| e.to_string())
+                let since = cancels_since.map_or_else(|| "-inf".to_owned(), |ms| ms.saturating_sub(5_000).to_string());
+                let (exists, cancels): (u64, Vec<(String, f64)>) = redis::pipe()
+                    .cmd("EXISTS")
+                    .arg(&keys.paused)
+                    .cmd("ZRANGEBYSCORE")
+                    .arg(&keys.cancels)
+                    .arg(since)
+                    .arg("+inf")
+                    .arg("WITHSCORES")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>((exists > 0, cancels.into_iter().map(|(id, at)| (id, at as u64)).collect()))
             }
             .await;
             match read {
-                Ok(paused) => {
+                Ok((paused, cancels)) => {
                     failing = false;
+                    cancels_since = Some(now);
+                    control.observe_pause(paused, now);
+                    control
+                        .cancel_requested(cancels, now.saturating_sub(crate::jobs::CANCEL_MEMORY.as_millis() as u64));
                     tx.send_if_modified(|state| state.replace(paused) != Some(paused));
                 }
                 Err(error) => {

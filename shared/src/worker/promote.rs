@@ -36,13 +36,15 @@ pub(super) async fn promote(shared: Arc<Shared>, every: Duration, stop: Cancella
                     PROMOTE_BATCH,
                     config.dead_maxlen,
                     &config.consumer,
+                    config.job_records,
                 )
                 .await
                 .map_err(|e| e.to_string())?;
                 total.moved += run.moved;
                 total.dead_lettered += run.dead_lettered;
                 total.stuck += run.stuck;
-                if run.total() < PROMOTE_BATCH || run.moved + run.dead_lettered == 0 {
+                total.cancelled += run.cancelled;
+                if run.total() < PROMOTE_BATCH || run.moved + run.dead_lettered + run.cancelled == 0 {
                     return Ok::<_, String>(total);
                 }
             }
@@ -52,6 +54,9 @@ pub(super) async fn promote(shared: Arc<Shared>, every: Duration, stop: Cancella
             Ok(promoted) => {
                 if promoted.moved > 0 {
                     tracing::debug!(moved = promoted.moved, "due retries moved to the stream");
+                }
+                if promoted.cancelled > 0 {
+                    tracing::info!(cancelled = promoted.cancelled, "due jobs that were cancelled dropped, not run");
                 }
                 if promoted.stuck > 0 {
                     tracing::error!(

@@ -131,7 +131,7 @@ async fn enqueue_tick(
     let cx = span.context();
     job.trace = propagation::inject(&cx)?;
     let mut invocation = CRON_TICK.key(&keys.cron);
-    invocation.key(&keys.cron_last).key(&keys.stream).arg(name).arg(tick).arg(spec);
+    invocation.key(&keys.cron_last).key(&keys.stream).key(keys.job(&job.id.to_string())).arg(name).arg(tick).arg(spec);
     for (field, value) in job.to_fields() {
         invocation.arg(field).arg(value);
     }

@@ -6,11 +6,13 @@
 //! entry), written only while the entry is still pending for this consumer: a move that did not happen leaves
 //! the entry pending, and the log says so instead of claiming an outcome.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
-use super::acker::AckSender;
-use super::attempt::Outcome;
+use super::acker::{AckSender, RecordUpdate};
+use super::attempt::{Outcome, Tracked};
 use super::{Shared, WorkerStats};
+use crate::jobs::{field as record, Attempt, JobState};
 use crate::loadprobe::Mark;
 use crate::metrics::DeadLabels;
 use crate::retry::RetryPolicy;
@@ -44,7 +46,7 @@ impl Decision {
 /// than `max_deliveries` times).
 pub(super) fn decide(outcome: &Outcome, retry: &RetryPolicy, max_deliveries: u64) -> Decision {
     match outcome {
-        Outcome::Succeeded => Decision::Ack,
+        Outcome::Succeeded | Outcome::Cancelled { .. } => Decision::Ack,
         Outcome::Failed { failure, kind, attempt } => {
             let max_attempts = retry.max_attempts_for(kind);
             let reason = if failure.permanent {
@@ -75,8 +77,10 @@ pub(super) async fn settle(
     span: &tracing::Span,
     acks: &AckSender,
     mark: Option<Mark>,
+    tracked: Option<Tracked>,
 ) {
     let decision = decide(&outcome, &shared.config.retry, shared.config.max_deliveries);
+    let record = tracked.map(|tracked| record_update(shared, &tracked, &outcome, &decision));
     match (&outcome, &decision) {
         (Outcome::Succeeded, _) => {
             WorkerStats::add(&shared.stats.succeeded, 1);
@@ -89,19 +93,27 @@ pub(super) async fn settle(
             WorkerStats::add(&shared.stats.failed, 1);
             spans::record_error(span, &failure.error_type, &failure.message);
         }
+        (Outcome::Cancelled { started }, _) => {
+            WorkerStats::add(&shared.stats.cancelled, 1);
+            spans::cancelled(span, *started);
+            shared.metrics.settled(shared.keys.queue().as_str(), kind_of(shared, delivery), "cancelled");
+            tracing::info!(parent: span, message_id = %delivery.message_id, started, "job cancelled");
+        }
         (_, Decision::Dead(reason, error)) => spans::record_error(span, reason.as_str(), error),
         (_, _) => {}
     }
     let moved = match &decision {
         Decision::Ack => {
             spans::settle_event(span, decision.event());
-            if !acks.send(delivery.message_id.clone(), mark) {
+            if !acks.send(delivery.message_id.clone(), mark, record) {
                 tracing::warn!(parent: span, message_id = %delivery.message_id, "acker stopped; job stays pending");
             }
             return;
         }
-        Decision::Retry { delay, next_attempt } => schedule_retry(shared, delivery, *delay, *next_attempt).await,
-        Decision::Dead(reason, error) => dead_letter(shared, delivery, *reason, error).await,
+        Decision::Retry { delay, next_attempt } => {
+            schedule_retry(shared, delivery, *delay, *next_attempt, record.as_ref()).await
+        }
+        Decision::Dead(reason, error) => dead_letter(shared, delivery, *reason, error, record.as_ref()).await,
     };
     match moved {
         Ok(Settled::Moved) => moved_to(shared, delivery, span, &decision, &outcome),
@@ -147,27 +159,119 @@ fn moved_to(shared: &Shared, delivery: &Delivery, span: &tracing::Span, decision
     }
 }
 
+/// The update of a job's status record after `outcome` and `decision`: the attempt (if it ran), the job's
+/// facts, and its new state.
+fn record_update(shared: &Shared, tracked: &Tracked, outcome: &Outcome, decision: &Decision) -> RecordUpdate {
+    let now = crate::clock::now_ms();
+    let (state, ttl_ms) = match (outcome, decision) {
+        (Outcome::Cancelled { .. }, _) => (JobState::Cancelled, retention_ms(shared)),
+        (_, Decision::Ack) => (JobState::Done, retention_ms(shared)),
+        (_, Decision::Retry { .. }) => (JobState::Delayed, 0),
+        (_, Decision::Dead(DeadReason::Expired, _)) => (JobState::Expired, retention_ms(shared)),
+        (_, Decision::Dead(..)) => (JobState::Dead, retention_ms(shared)),
+    };
+    let ran = match outcome {
+        Outcome::Succeeded => Some(("done".to_owned(), None)),
+        Outcome::Failed { failure, .. } => {
+            let class = if failure.error_type == "timeout" { "timeout" } else { "failed" };
+            Some((class.to_owned(), Some(failure.to_string())))
+        }
+        Outcome::Cancelled { started: true } => Some(("cancelled".to_owned(), None)),
+        Outcome::Cancelled { started: false } | Outcome::Poison { .. } | Outcome::Dead(..) => None,
+    };
+    let mut fields: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(12);
+    fields.push((Cow::Borrowed(record::STATE), state.as_str().to_owned()));
+    fields.push((Cow::Borrowed(record::KIND), tracked.kind.clone()));
+    fields.push((Cow::Borrowed(record::ENQUEUED_AT), tracked.enqueued_at_ms.to_string()));
+    if let Some(traceparent) = &tracked.traceparent {
+        fields.push((Cow::Borrowed(record::TRACEPARENT), traceparent.clone()));
+    }
+    if let Some((outcome, error)) = ran {
+        let attempt = Attempt {
+            n: tracked.attempt,
+            consumer: shared.config.consumer.clone(),
+            started_at: tracked.started_ms,
+            ended_at: now,
+            outcome,
+            error,
+            trace_id: tracked.trace_id.clone(),
+            span_id: tracked.span_id.clone(),
+        };
+        fields.push((Cow::Borrowed(record::ATTEMPTS), tracked.attempt.to_string()));
+        let json = serde_json::to_string(&attempt).expect("an attempt always serializes");
+        fields.push((attempt_field(tracked.attempt), json));
+    }
+    match decision {
+        Decision::Retry { delay, .. } => {
+            fields.push((Cow::Borrowed(record::RUN_AT), (now + delay.as_millis() as u64).to_string()))
+        }
+        Decision::Dead(reason, error) => {
+            fields.push((Cow::Borrowed(record::REASON), reason.as_str().to_owned()));
+            fields.push((Cow::Borrowed(record::ERROR), error.clone()));
+            fields.push((Cow::Borrowed(record::FINISHED_AT), now.to_string()));
+        }
+        Decision::Ack => {
+            fields.push((Cow::Borrowed(record::FINISHED_AT), now.to_string()));
+            let result = tracked.context.result.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            if let (Outcome::Succeeded, Some(result)) = (outcome, result) {
+                fields.push((Cow::Borrowed(record::RESULT), result));
+            }
+        }
+    }
+    RecordUpdate { key: tracked.key.clone(), fields, ttl_ms }
+}
+
+fn retention_ms(shared: &Shared) -> u64 {
+    (shared.config.job_retention.as_millis() as u64).max(1)
+}
+
+/// The record field of attempt `n`, `a:<n>`: the first ten names made once, later ones per call.
+fn attempt_field(n: u32) -> Cow<'static, str> {
+    const NAMES: [&str; 10] = ["a:0", "a:1", "a:2", "a:3", "a:4", "a:5", "a:6", "a:7", "a:8", "a:9"];
+    match NAMES.get(n as usize) {
+        Some(name) => Cow::Borrowed(name),
+        None => Cow::Owned(format!("{}{n}", record::ATTEMPT_PREFIX)),
+    }
+}
+
+/// A record update as the settle script takes it: its field/value pairs as one JSON array of strings.
+fn record_json(record: Option<&RecordUpdate>) -> (String, u64) {
+    match record {
+        None => (String::new(), 0),
+        Some(record) => {
+            let pairs: Vec<&str> = record.fields.iter().flat_map(|(k, v)| [k.as_ref(), v.as_str()]).collect();
+            (serde_json::to_string(&pairs).expect("strings always serialize"), record.ttl_ms)
+        }
+    }
+}
+
 /// Puts the job's next attempt in the delayed set, due after `delay`, and acknowledges this one.
 async fn schedule_retry(
     shared: &Shared,
     delivery: &Delivery,
     delay: Duration,
     next_attempt: u32,
+    record: Option<&RecordUpdate>,
 ) -> Result<Settled, String> {
     let due = crate::clock::now_ms() + delay.as_millis() as u64;
     let next_attempt = next_attempt.to_string();
-    // The entry decoded as a job, so every name and value is UTF-8.
+    let record_key = record.map(|r| r.key.as_str());
+    let record = record_json(record);
+    // The entry decoded as a job, so every name and value is UTF-8; `promoted_at` is set again when it is.
     let mut fields: Vec<(&str, &str)> = delivery
         .fields
         .iter()
-        .filter(|(name, _)| name.as_slice() != crate::job::field::ATTEMPT.as_bytes())
+        .filter(|(name, _)| {
+            name.as_slice() != crate::job::field::ATTEMPT.as_bytes()
+                && name.as_slice() != crate::job::field::PROMOTED_AT.as_bytes()
+        })
         .filter_map(|(name, value)| Some((std::str::from_utf8(name).ok()?, std::str::from_utf8(value).ok()?)))
         .collect();
     fields.push((crate::job::field::ATTEMPT, &next_attempt));
     fields.sort_unstable();
     let config = &shared.config;
     settle_move(shared, |mut conn| {
-        let fields = &fields;
+        let (fields, record) = (&fields, record_key.map(|key| (key, record.0.as_str(), record.1)));
         async move {
             stream::schedule_retry(
                 &mut conn,
@@ -177,6 +281,7 @@ async fn schedule_retry(
                 &delivery.message_id,
                 due,
                 fields,
+                record,
             )
             .await
         }
@@ -185,9 +290,17 @@ async fn schedule_retry(
 }
 
 /// Moves the entry to the dead stream with `reason` and `error`, and acknowledges it.
-async fn dead_letter(shared: &Shared, delivery: &Delivery, reason: DeadReason, error: &str) -> Result<Settled, String> {
+async fn dead_letter(
+    shared: &Shared,
+    delivery: &Delivery,
+    reason: DeadReason,
+    error: &str,
+    record: Option<&RecordUpdate>,
+) -> Result<Settled, String> {
     let config = &shared.config;
-    let letter = DeadLetter { reason, error, consumer: &config.consumer, dead_maxlen: config.dead_maxlen };
+    let (json, ttl) = record_json(record);
+    let record = record.map(|r| (r.key.as_str(), json.as_str(), ttl));
+    let letter = DeadLetter { reason, error, consumer: &config.consumer, dead_maxlen: config.dead_maxlen, record };
     settle_move(shared, |mut conn| {
         let letter = &letter;
         async move { stream::dead_letter(&mut conn, &shared.keys, &config.group, delivery, letter).await }
