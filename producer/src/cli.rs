@@ -36,9 +36,11 @@ pub enum Command {
     Load(LoadArgs),
     /// Run the demo end to end: start consumers, send demo jobs, report what happened and one job's span tree.
     Demo(DemoArgs),
-    /// Serve the HTTP API: POST /v1/jobs {kind, payload, delay?, run_at?} answers 202 {id, trace_id}; GET and
-    /// DELETE /v1/jobs/{id} show and cancel a job, GET /v1/jobs/{id}/result reads its result; POST
-    /// /v1/queues/{queue}/pause|resume; /healthz, /readyz, /metrics. An incoming traceparent is continued
+    /// Serve the HTTP API and the dashboard: POST /v1/jobs {kind, payload, delay?, run_at?} answers 202 {id,
+    /// trace_id}; the dashboard at /ui/ and its JSON API (GET /v1/queues, /v1/queues/{queue},
+    /// /v1/queues/{queue}/jobs, GET and DELETE /v1/jobs/{id}, GET /v1/jobs/{id}/result, POST
+    /// /v1/queues/{queue}/pause|resume, POST /v1/queues/{queue}/dead/replay|purge); /healthz, /readyz, /metrics.
+    /// Listens on loopback unless given a token (or --allow-unauthenticated). An incoming traceparent is continued
     /// through the queue to the worker.
     Serve(ServeArgs),
     /// Show a queue's numbers: length, lag, pending, oldest pending age, consumers, delayed and dead counts.
@@ -66,12 +68,26 @@ pub struct ServeArgs {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub queue: QueueArgs,
-    /// Address to serve on.
-    #[arg(long, env = "JOBSTREAM_LISTEN", default_value = "0.0.0.0:8080")]
+    /// Address to serve on. Loopback by default: without --api-token, any other address is refused unless
+    /// --allow-unauthenticated says the API may be open to whoever reaches it.
+    #[arg(long, env = "JOBSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
-    /// Require `Authorization: Bearer <token>` on POST /v1/jobs. Never printed.
+    /// Require this token on the API and the dashboard: `Authorization: Bearer <token>`, or the session cookie
+    /// the dashboard's login sets. Never printed.
     #[arg(long, env = "JOBSTREAM_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<Secret>,
+    /// Serve without a token on a non-loopback address: anyone who reaches the port can enqueue jobs, replay
+    /// and purge dead letters, cancel jobs and pause queues.
+    #[arg(long, env = "JOBSTREAM_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+    /// The dashboard (/ui/) shows no action and the API refuses every one (replay, purge, cancel, pause,
+    /// resume) with 403; enqueueing (POST /v1/jobs) stays.
+    #[arg(long, env = "JOBSTREAM_UI_READ_ONLY")]
+    pub ui_read_only: bool,
+    /// Link every job and attempt on the dashboard to its trace: `{trace_id}` (and `{span_id}`) are replaced,
+    /// e.g. http://localhost:16686/trace/{trace_id} for Jaeger.
+    #[arg(long, env = "JOBSTREAM_TRACE_URL_TEMPLATE", default_value = "")]
+    pub trace_url_template: String,
     /// How long an idempotency key is remembered.
     #[arg(long, env = "JOBSTREAM_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
     pub idempotency_ttl: Duration,
@@ -262,6 +278,10 @@ pub struct LoadArgs {
     /// No progress bar (it is also off when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    /// Write no status record with each job (`<prefix>:{Q}:job:<id>`), as `producer enqueue --no-job-records`:
+    /// for measuring what records cost (`bench/run --lifecycle`).
+    #[arg(long, env = "JOBSTREAM_NO_JOB_RECORDS")]
+    pub no_job_records: bool,
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {

@@ -24,7 +24,7 @@ pub enum JobCommand {
     Cancel(CancelArgs),
     /// Print a done job's result (the JSON its handler gave `Job::set_result`), or `null` when it returned none.
     /// Exits 1 when the job is not done or unknown.
-    Result(TargetArgs),
+    Result(ResultArgs),
 }
 
 /// The job a command acts on.
@@ -50,6 +50,16 @@ pub struct ShowArgs {
     /// Print the status as one JSON object (its `state` field is the state).
     #[arg(long)]
     pub json: bool,
+}
+
+/// `producer job result`.
+#[derive(Args, Debug)]
+pub struct ResultArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// The consumer group whose pending list says the job is running.
+    #[arg(long, env = "JOBSTREAM_GROUP", default_value_t = GroupName::default())]
+    pub group: GroupName,
 }
 
 /// `producer job cancel`.
@@ -83,8 +93,8 @@ pub async fn run(command: JobCommand) -> anyhow::Result<()> {
 
 fn unknown(id: &JobId, queue: &jobstream::Queue) -> anyhow::Error {
     anyhow::anyhow!(
-        "no record of job {id} on queue {queue}: never enqueued there, enqueued with --no-job-records and not yet \
-         settled, or finished longer ago than the job retention (24h by default)"
+        "no record of job {id} on queue {queue}: never enqueued there, finished longer ago than the job retention \
+         (24h by default), or waiting on a stream whose entries' time is more than 10 s from the time in its id"
     )
 }
 
@@ -188,14 +198,15 @@ async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn result(args: TargetArgs) -> anyhow::Result<()> {
-    let queue = args.queue.queue().map_err(usage)?;
-    let pool = crate::admin::connect(&args.redis).await?;
-    let Some(stored) = jobs::result(&pool, &queue, &args.id).await? else {
-        return Err(unknown(&args.id, &queue));
+async fn result(args: ResultArgs) -> anyhow::Result<()> {
+    let queue = args.target.queue.queue().map_err(usage)?;
+    let pool = crate::admin::connect(&args.target.redis).await?;
+    let id = &args.target.id;
+    let Some(stored) = jobs::result(&pool, &queue, &args.group, id).await? else {
+        return Err(unknown(id, &queue));
     };
     if stored.state != JobState::Done {
-        bail!("job {} is {}, not done: it has no result yet", args.id, stored.state);
+        bail!("job {id} is {}, not done: it has no result yet", stored.state);
     }
     println!("{}", stored.result.map_or_else(|| "null".to_owned(), |r| r.to_string()));
     Ok(())

@@ -20,8 +20,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use axum::body::{Body, HttpBody as _};
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -43,21 +43,8 @@ use crate::usage;
 #[derive(Clone)]
 struct Api {
     producer: Producer,
-    /// For the queue routes.
-    pool: jobstream::connection::Pool,
-    prefix: String,
     token: Option<Arc<str>>,
     idempotency_ttl: Duration,
-    /// The served queue (its partitions): a job route without `?queue=` looks there.
-    queue: jobstream::Queue,
-}
-
-/// `?queue=Q&group=G` on the job routes; the served queue and the default group when absent.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JobQuery {
-    queue: Option<String>,
-    group: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +105,15 @@ impl IntoResponse for ApiError {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let has_token = args.api_token.as_ref().is_some_and(|t| !t.expose().is_empty());
+    if !has_token && !args.listen.ip().is_loopback() && !args.allow_unauthenticated {
+        return Err(usage(format!(
+            "refusing to serve on {} without a token: anyone who reaches it could enqueue jobs, replay and purge dead \
+             letters, cancel jobs and pause queues. Set --api-token (JOBSTREAM_API_TOKEN), listen on loopback \
+             (the default, 127.0.0.1:8080), or pass --allow-unauthenticated to accept an open API",
+            args.listen
+        )));
+    }
     let keys = args.queue.partition_keys().map_err(usage)?;
     let pool = args.redis.pool(32, Duration::from_secs(10))?;
     let metrics = Arc::new(Metrics::new());
@@ -145,21 +141,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = jobstream::shutdown::on_signals()?;
     let api = Api {
         producer,
-        pool: pool.clone(),
-        prefix: args.queue.prefix.clone(),
         token: args.api_token.as_ref().map(|t| t.expose()).filter(|t| !t.is_empty()).map(Arc::from),
         idempotency_ttl: args.idempotency_ttl,
-        queue: args.queue.queue().map_err(usage)?,
     };
+    let mut dashboard = jobstream::dashboard::Dashboard::new(pool.clone(), &args.queue.prefix)
+        .with_queue(args.queue.queue().map_err(usage)?)
+        .read_only(args.ui_read_only)
+        .with_trace_url_template(&args.trace_url_template);
+    if let Some(token) = &api.token {
+        dashboard = dashboard.with_token(token);
+    }
     let health = HealthState { pool, keys, group: None, metrics, draining: shutdown.clone() };
     let app = Router::new()
         .route("/v1/jobs", post(create_job))
-        .route("/v1/jobs/{id}", axum::routing::get(show_job).delete(cancel_job))
-        .route("/v1/jobs/{id}/result", axum::routing::get(job_result))
-        .route("/v1/queues/{queue}/pause", post(pause_queue))
-        .route("/v1/queues/{queue}/resume", post(resume_queue))
         .layer(DefaultBodyLimit::max(args.queue.max_payload_bytes + 4096))
         .with_state(api)
+        .merge(dashboard.router())
         .merge(health::router(health))
         // The whole request, body included, within the bound: a client that stalls is answered 408.
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, args.request_timeout))
@@ -169,7 +166,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?,
-        "serving POST /v1/jobs, POST /v1/queues/{{queue}}/pause|resume, /healthz, /readyz and /metrics"
+        "serving POST /v1/jobs, the dashboard at /ui/ and its API under /v1/, /healthz, /readyz and /metrics"
     );
     let limits = health::ConnectionLimits { header_read_timeout: args.header_read_timeout };
     health::serve_with(listener, app, shutdown, limits).await?;
@@ -313,128 +310,6 @@ fn due_time(delay: Option<&serde_json::Value>, run_at: Option<&str>) -> Result<O
         }),
         (None, None) => Ok(None),
     }
-}
-
-/// `POST /v1/queues/{queue}/pause`: `200 {"queue", "paused": true, "changed"}`; `changed` is false when the
-/// queue was already paused. Any queue under the server's key prefix.
-async fn pause_queue(State(api): State<Api>, Path(queue): Path<String>, headers: HeaderMap) -> Response {
-    set_paused(&api, &queue, &headers, true).await.unwrap_or_else(IntoResponse::into_response)
-}
-
-/// `POST /v1/queues/{queue}/resume`: `200 {"queue", "paused": false, "changed"}`.
-async fn resume_queue(State(api): State<Api>, Path(queue): Path<String>, headers: HeaderMap) -> Response {
-    set_paused(&api, &queue, &headers, false).await.unwrap_or_else(IntoResponse::into_response)
-}
-
-async fn set_paused(api: &Api, queue: &str, headers: &HeaderMap, pause: bool) -> Result<Response, ApiError> {
-    authorize(api, headers)?;
-    let queue = jobstream::Queue::new(queue)
-        .and_then(|q| q.with_prefix(&api.prefix))
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let changed = if pause {
-        jobstream::pause::pause(&api.pool, &queue).await
-    } else {
-        jobstream::pause::resume(&api.pool, &queue).await
-    }
-    .map_err(|e| {
-        tracing::warn!(error = %e, %queue, pause, "pausing or resuming the queue failed");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the queue is unavailable: {e}"))
-    })?;
-    tracing::info!(%queue, paused = pause, changed, "queue pause state set");
-    Ok(Json(serde_json::json!({ "queue": queue.name().as_str(), "paused": pause, "changed": changed })).into_response())
-}
-
-/// The queue, group and job id a job route names.
-fn job_target(
-    api: &Api,
-    id: &str,
-    query: Result<Query<JobQuery>, QueryRejection>,
-) -> Result<(jobstream::Queue, jobstream::GroupName, jobstream::JobId), ApiError> {
-    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
-    let Query(query) = query.map_err(|e| bad(e.body_text()))?;
-    let id = jobstream::JobId::parse(id).map_err(|e| bad(format!("not a job id (a UUID): {e}")))?;
-    let queue = match query.queue {
-        Some(name) if name != api.queue.name().as_str() => {
-            jobstream::Queue::new(&name).and_then(|q| q.with_prefix(&api.prefix)).map_err(|e| bad(e.to_string()))?
-        }
-        _ => api.queue.clone(),
-    };
-    let group = match query.group {
-        Some(group) => jobstream::GroupName::parse(&group).map_err(|e| bad(e.to_string()))?,
-        None => jobstream::GroupName::default(),
-    };
-    Ok((queue, group, id))
-}
-
-fn unavailable(e: jobstream::Error) -> ApiError {
-    tracing::warn!(error = %e, "reading or changing a job failed");
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the queue is unavailable: {e}"))
-}
-
-fn no_record(id: &jobstream::JobId, queue: &jobstream::Queue) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, format!("no record of job {id} on queue {queue}"))
-}
-
-/// `GET /v1/jobs/{id}`: `200` the job's status (`state` at the top level), `404` when it has no record.
-async fn show_job(
-    State(api): State<Api>,
-    Path(id): Path<String>,
-    query: Result<Query<JobQuery>, QueryRejection>,
-    headers: HeaderMap,
-) -> Response {
-    async {
-        authorize(&api, &headers)?;
-        let (queue, group, id) = job_target(&api, &id, query)?;
-        let status = jobstream::jobs::show(&api.pool, &queue, &group, &id).await.map_err(unavailable)?;
-        let status = status.ok_or_else(|| no_record(&id, &queue))?;
-        Ok::<_, ApiError>(Json(status).into_response())
-    }
-    .await
-    .unwrap_or_else(IntoResponse::into_response)
-}
-
-/// `DELETE /v1/jobs/{id}`: cancels the job. `200 {"outcome": "cancelled"|"signalled"|"already", …}` while the
-/// job is (or already was) cancelled, `409` with the outcome when it already finished, `404` when unknown.
-async fn cancel_job(
-    State(api): State<Api>,
-    Path(id): Path<String>,
-    query: Result<Query<JobQuery>, QueryRejection>,
-    headers: HeaderMap,
-) -> Response {
-    async {
-        authorize(&api, &headers)?;
-        let (queue, group, id) = job_target(&api, &id, query)?;
-        let retention = jobstream::jobs::DEFAULT_RETENTION;
-        let outcome = jobstream::jobs::cancel(&api.pool, &queue, &group, &id, retention).await.map_err(unavailable)?;
-        tracing::info!(job_id = %id, %queue, ?outcome, "cancel requested");
-        let status = match &outcome {
-            jobstream::jobs::CancelOutcome::NotFound => return Err(no_record(&id, &queue)),
-            outcome if outcome.is_cancelled() => StatusCode::OK,
-            _ => StatusCode::CONFLICT,
-        };
-        Ok::<_, ApiError>((status, Json(outcome)).into_response())
-    }
-    .await
-    .unwrap_or_else(IntoResponse::into_response)
-}
-
-/// `GET /v1/jobs/{id}/result`: `200 {"state", "result"}` (`result` null until the job is done or when it
-/// returned none), `404` when the job has no record.
-async fn job_result(
-    State(api): State<Api>,
-    Path(id): Path<String>,
-    query: Result<Query<JobQuery>, QueryRejection>,
-    headers: HeaderMap,
-) -> Response {
-    async {
-        authorize(&api, &headers)?;
-        let (queue, _, id) = job_target(&api, &id, query)?;
-        let stored = jobstream::jobs::result(&api.pool, &queue, &id).await.map_err(unavailable)?;
-        let stored = stored.ok_or_else(|| no_record(&id, &queue))?;
-        Ok::<_, ApiError>(Json(stored).into_response())
-    }
-    .await
-    .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Checks `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110 §11.1).

@@ -29,8 +29,8 @@ static RECORD: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(inc
 
 /// How often the workers record the counters.
 pub const RECORD_EVERY: Duration = Duration::from_secs(5);
-/// How long records are kept.
-pub const KEEP: Duration = Duration::from_secs(300);
+/// How long records are kept: an hour, which the dashboard draws (720 small members per queue).
+pub const KEEP: Duration = Duration::from_secs(3600);
 /// The span rates are measured over, when records that old exist.
 pub const WINDOW: Duration = Duration::from_secs(60);
 
@@ -98,7 +98,7 @@ impl Counts {
     }
 
     /// Acknowledged so far by `group`: `entries-read - pending`.
-    fn acked(&self, group: &str) -> Option<u64> {
+    pub fn acked(&self, group: &str) -> Option<u64> {
         let g = self.groups.iter().find(|g| g.name == group)?;
         g.read?.checked_sub(g.pending)
     }
@@ -146,6 +146,13 @@ pub(crate) async fn baseline<C: ConnectionLike>(
     let records: Vec<Counts> = members.iter().filter_map(|m| Counts::parse(m)).filter(|c| c.t < now).collect();
     let cutoff = now.saturating_sub(WINDOW.as_millis() as u64);
     Ok(records.iter().rev().find(|c| c.t <= cutoff).or(records.first()).cloned())
+}
+
+/// Every record since `since_ms` (unix ms), oldest first.
+pub async fn since<C: ConnectionLike>(conn: &mut C, keys: &Keys, since_ms: u64) -> redis::RedisResult<Vec<Counts>> {
+    let members: Vec<String> =
+        redis::cmd("ZRANGEBYSCORE").arg(key(keys)).arg(since_ms).arg("+inf").query_async(conn).await?;
+    Ok(members.iter().filter_map(|m| Counts::parse(m)).collect())
 }
 
 /// The counters now: the streams' `entries-added` (XINFO STREAM) and the groups' given numbers.

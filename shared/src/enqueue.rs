@@ -33,7 +33,6 @@ use crate::queue::Queue;
 use crate::trace::{propagation, semconv, spans};
 use serde::Serialize;
 
-static ENQUEUE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(include_str!("lua/enqueue.lua")));
 static ENQUEUE_ONCE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/enqueue_once.lua")));
 
@@ -133,10 +132,10 @@ impl Producer {
         }
     }
 
-    /// Whether each job gets a status record ([`crate::jobs`]) in the same step as its entry (on by default):
-    /// what `producer job show|cancel` and [`crate::jobs::show`] find a waiting or scheduled job by. Off, an
-    /// enqueue is one XADD instead of a script (XADD and HSET), and the job is unknown to a lookup until a
-    /// worker settles it.
+    /// Whether a job scheduled for later ([`Producer::enqueue_job_at`]) and an idempotent one get a status
+    /// record ([`crate::jobs`]) in the same step as their ZADD or XADD (on by default): what `producer job
+    /// show|cancel` find a scheduled job by. A job enqueued to run at once never needs one (a bare XADD; a
+    /// lookup finds its entry by the time in its id).
     pub fn with_job_records(mut self, on: bool) -> Self {
         self.job_records = on;
         self
@@ -310,30 +309,25 @@ impl Producer {
     async fn send(&self, keys: &Keys, mut jobs: Vec<Job>) -> Result<Vec<Enqueued>, EnqueueError> {
         let queue = keys.queue().as_str();
         let mut spans = Vec::with_capacity(jobs.len());
-        let mut commands = Vec::with_capacity(jobs.len());
+        let mut pipe = redis::pipe();
         for job in &mut jobs {
             let span = spans::send(&self.span_name, queue, job);
             let cx = span.context();
             job.trace = propagation::inject(&cx)?;
-            // With records: the `enqueue` script (XADD, then the record); without: the XADD alone.
-            let mut cmd = if self.job_records {
-                let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(ENQUEUE.get_hash()).arg(2).arg(&keys.stream).arg(keys.job(&job.id.to_string()));
-                cmd
-            } else {
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(&keys.stream).arg("*");
-                cmd
-            };
+            // A bare XADD: a waiting job needs no record, a lookup finds its entry by the time in its id.
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(&keys.stream).arg("*");
             for (name, value) in job.to_fields() {
                 cmd.arg(name).arg(value);
             }
-            commands.push(cmd);
+            pipe.add_command(cmd);
             spans.push((span, cx.span().span_context().trace_id()));
         }
+        // Each XADD's own reply: when Redis refuses some (at maxmemory), the others were still written.
+        pipe.ignore_errors();
         let replies: Result<Vec<redis::RedisResult<String>>, EnqueueError> = async {
             let mut conn = self.pool.get().await?;
-            Ok(crate::stream::run_pipelined(&mut conn, &ENQUEUE, commands).await?)
+            Ok(pipe.query_async(&mut conn).await?)
         }
         .await;
         let replies = match replies {

@@ -138,6 +138,11 @@ impl JobId {
         (self.0.as_u128() % n.max(1) as u128) as usize
     }
 
+    /// When a time-ordered (v7) id was made, in unix ms; `None` for another kind of UUID.
+    pub fn created_ms(&self) -> Option<u64> {
+        (self.0.get_version_num() == 7).then(|| (self.0.as_u128() >> 80) as u64)
+    }
+
     /// Parses the wire form of an id.
     pub fn parse(value: &str) -> Result<Self, uuid::Error> {
         Uuid::try_parse(value).map(Self)
@@ -275,7 +280,8 @@ impl AttemptContext {
 #[derive(Debug)]
 pub(crate) struct ProgressSink {
     pub(crate) span: tracing::Span,
-    pub(crate) record: Option<(crate::connection::Pool, String)>,
+    /// The pool, the per-job hash and how long it is kept.
+    pub(crate) record: Option<(crate::connection::Pool, String, Duration)>,
     /// Most bytes a result may have (the payload limit).
     pub(crate) max_result_bytes: usize,
 }
@@ -347,12 +353,20 @@ impl Job {
         }
         let Some(sink) = &self.context.0.sink else { return Ok(()) };
         crate::trace::spans::progress(&sink.span, &text);
-        if let Some((pool, record)) = &sink.record {
+        if let Some((pool, record, keep)) = &sink.record {
             let mut conn = pool.get().await.map_err(crate::Error::from)?;
-            redis::cmd("HSET")
+            // Kept the job retention from the last report: a job that finishes keeps its progress as long as its
+            // final record; a retry or dead letter sets the hash's own time to live.
+            redis::pipe()
+                .cmd("HSET")
                 .arg(record)
                 .arg(crate::jobs::field::PROGRESS)
                 .arg(&text)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(record)
+                .arg(keep.as_millis().max(1) as u64)
+                .ignore()
                 .query_async::<()>(&mut conn)
                 .await
                 .map_err(crate::Error::from)?;

@@ -1,39 +1,50 @@
 //! One job by its id: where it is ([`show`]), stopping it ([`cancel`]) and what it returned ([`result`]).
 //!
-//! Each job has a status record, the hash `<prefix>:{Q}:job:<id>` in the slot of the partition the job goes to,
-//! written only at transitions that write anyway, by the same command or script:
+//! What a job's life writes is kept as cheap as the queue's hot path allows (measured in `bench/LIFECYCLE.md`):
 //!
-//! | written by | fields |
-//! |---|---|
-//! | enqueue (and a replayed dead letter, a cron tick, a promoted delayed job) | `state=waiting`, `msg` (entry id) |
-//! | a job scheduled for later | `state=delayed`, `run_at`, `kind`, `enqueued_at`, `traceparent` |
-//! | a failed attempt that will run again | `state=delayed`, `run_at`, `attempts`, `a:<n>` |
-//! | the last attempt, done or cancelled (with the XACK) | `state=done`/`cancelled`, `finished_at`, `attempts`, `a:<n>`, `result` |
-//! | a dead letter (with the move) | `state=dead`/`expired`, `reason`, `error`, `dead_id`, `finished_at`, `attempts`, `a:<n>` |
-//! | a handler reporting progress | `progress` |
-//! | a cancel | `state=cancelled` or `cancel_requested_at` |
+//! - A job enqueued to run at once writes nothing but its entry. A lookup finds a waiting or running job's entry
+//!   by the time in its id (a UUIDv7 holds its creation time in ms; the stream id holds Redis's time of the XADD):
+//!   it reads the stream from 10 s before to 10 s after, at most 100,000 entries, and the group's pending list
+//!   says whether it runs and where.
+//! - A job that finishes — done, or cancelled by its worker — gets one field in the hash of its hour,
+//!   `<prefix>:{Q}:finished:<hour>` (job id → its final record, JSON: [`Finished`]), written in the acknowledgement
+//!   batch's round trip with one HSET per batch; the hash expires the job retention (24 h by default) after its
+//!   hour ends. A lookup reads the last 8 days of hours.
+//! - Everything rarer keeps a per-job hash, `<prefix>:{Q}:job:<id>`, written by the step that happens anyway: a
+//!   scheduled job (`state=delayed`, `run_at`, `kind`, `enqueued_at`, `traceparent`, with its ZADD), a failed
+//!   attempt that runs again (`state=delayed`, `run_at`, `attempts`, `a:<n>`, in the settle script), a dead letter
+//!   (`state=dead`/`expired`, `reason`, `error`, `dead_id`, `finished_at`, `a:<n>`, in the settle script), a
+//!   promotion, a replay, a cron tick or an idempotent enqueue (`state=waiting`, `msg`, in their scripts), a
+//!   handler's progress (`progress`), a cancel (`state=cancelled`, `cancel_requested_at`). It has no time to live
+//!   while the job waits, and the job retention once it is final.
 //!
-//! `a:<n>` is attempt `n` as JSON ([`Attempt`]). A finished record expires after the worker's job retention
-//! (24 h by default, the result with it); a waiting or delayed one has no time to live. `running` is not written:
-//! a lookup finds a waiting job's entry in the consumer group's pending list, with its consumer. Records are a
-//! view, never the job: a record that cannot be written (a key of another type) never stops a job, and a lookup
-//! checks a `waiting` record against the stream.
+//! `a:<n>` and a final record's `attempt` are attempt `n` as JSON ([`Attempt`]). Records are a view, never the
+//! job: one that cannot be written (a key of another type, Redis full) never stops a job.
 //!
 //! A worker or producer with records off ([`crate::WorkerConfig::job_records`],
-//! [`crate::Producer::with_job_records`]) writes none of this; its jobs are then unknown to [`show`] and
-//! [`cancel`] until a record-keeping worker settles them.
+//! [`crate::Producer::with_job_records`]) writes none of this; a lookup then still finds a job waiting or running.
 
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
-use crate::connection::Pool;
+use crate::connection::{Connection, Pool};
 use crate::job::JobId;
 use crate::keys::{GroupName, Keys};
 use crate::queue::Queue;
 
 /// How long a finished job's record (and its result) is kept by default.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// The longest job retention a lookup sees: it reads this far back in the hourly hashes of finished jobs.
+pub const MAX_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The span of one hash of finished jobs.
+pub(crate) const HOUR_MS: u64 = 3_600_000;
+/// How far around the time in a job's id a lookup reads the stream for its entry.
+const ENTRY_WINDOW_MS: u64 = 10_000;
+/// Most entries a lookup reads for a job's entry.
+const MAX_ENTRY_SCAN: usize = 100_000;
 
 /// Field names of the status record.
 pub(crate) mod field {
@@ -45,7 +56,6 @@ pub(crate) mod field {
     pub(crate) const TRACEPARENT: &str = "traceparent";
     pub(crate) const ATTEMPTS: &str = "attempts";
     pub(crate) const FINISHED_AT: &str = "finished_at";
-    pub(crate) const RESULT: &str = "result";
     pub(crate) const PROGRESS: &str = "progress";
     pub(crate) const REASON: &str = "reason";
     pub(crate) const ERROR: &str = "error";
@@ -201,72 +211,185 @@ pub struct JobStatus {
     pub trace_id: Option<String>,
 }
 
-/// The keys of the partition holding job `id`'s record: the one its id picks, where every job but an
-/// idempotent one (placed by its key) or a periodic one (partition 0) is; the others are looked at after it.
-/// `None` when no partition has a record of it.
-async fn keys_of(conn: &mut crate::connection::Connection, queue: &Queue, id: &JobId) -> crate::Result<Option<Keys>> {
+/// A finished job's final record: a field of the hourly hash `<prefix>:{Q}:finished:<hour>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Finished {
+    /// `done` or `cancelled`.
+    pub state: JobState,
+    /// Its kind.
+    pub kind: String,
+    /// When it was first enqueued (unix ms).
+    pub enqueued_at: u64,
+    /// The `traceparent` it was enqueued with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Its last stream entry.
+    pub msg: String,
+    /// When it finished (unix ms).
+    pub finished_at: u64,
+    /// Its last attempt; `None` when it was cancelled before it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<Attempt>,
+    /// What its handler gave [`crate::Job::set_result`] (JSON), if it is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// What the keys of one partition hold about a job.
+struct Found {
+    keys: Keys,
+    record: HashMap<String, String>,
+    finished: Option<Finished>,
+    /// Its entry on the stream (id, fields as text), when the record says where or a search found it.
+    entry: Option<(String, Vec<(String, String)>)>,
+}
+
+/// Reads what partition `keys` holds about job `id`: its per-job hash and its final record (the hourly hashes of
+/// the last [`MAX_RETENTION`] and an hour), in one round trip.
+async fn read_records(conn: &mut Connection, keys: &Keys, id: &str) -> crate::Result<Found> {
+    let hour = crate::clock::now_ms() / HOUR_MS;
+    let hours = MAX_RETENTION.as_millis() as u64 / HOUR_MS + 1;
+    let mut pipe = redis::pipe();
+    pipe.cmd("HGETALL").arg(keys.job(id));
+    for h in (hour.saturating_sub(hours)..=hour).rev() {
+        pipe.cmd("HGET").arg(keys.finished(h)).arg(id);
+    }
+    let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+    let record: HashMap<String, String> = redis::from_redis_value(replies.remove(0)).unwrap_or_default();
+    let finished = replies
+        .into_iter()
+        .find_map(|v| redis::from_redis_value::<Option<String>>(v).ok().flatten())
+        .and_then(|json| serde_json::from_str(&json).ok());
+    Ok(Found { keys: keys.clone(), record, finished, entry: None })
+}
+
+/// Finds job `id`'s records: the partition its id picks first, then the others (an idempotent job goes where its
+/// key picks, a periodic one to partition 0); with none, its entry on its partition's stream.
+async fn locate(conn: &mut Connection, queue: &Queue, id: &JobId) -> crate::Result<Option<Found>> {
     let mut partitions = queue.partition_keys();
     let first = id.partition(partitions.len());
     partitions.swap(0, first);
-    let id = id.to_string();
-    for keys in partitions {
-        let exists: bool = redis::cmd("EXISTS").arg(keys.job(&id)).query_async(conn).await?;
-        if exists {
-            return Ok(Some(keys));
+    let text = id.to_string();
+    for keys in &partitions {
+        let found = read_records(conn, keys, &text).await?;
+        if !found.record.is_empty() || found.finished.is_some() {
+            return Ok(Some(found));
+        }
+    }
+    let keys = partitions.swap_remove(0);
+    Ok(search_entry(conn, &keys.stream, id).await?.map(|entry| Found {
+        keys,
+        record: HashMap::new(),
+        finished: None,
+        entry: Some(entry),
+    }))
+}
+
+/// Searches `stream` for job `id`'s entry around the time in its id (a UUIDv7's first 48 bits), or from the
+/// start for another kind of id; at most [`MAX_ENTRY_SCAN`] entries.
+async fn search_entry(
+    conn: &mut Connection,
+    stream: &str,
+    id: &JobId,
+) -> crate::Result<Option<(String, Vec<(String, String)>)>> {
+    let (mut start, end) = match id.created_ms() {
+        Some(ms) => (format!("{}", ms.saturating_sub(ENTRY_WINDOW_MS)), format!("{}", ms + ENTRY_WINDOW_MS)),
+        None => ("-".to_owned(), "+".to_owned()),
+    };
+    let wanted = id.to_string();
+    let mut scanned = 0;
+    while scanned < MAX_ENTRY_SCAN {
+        let page = match crate::stream::range(conn, stream, &start, &end, 1000).await {
+            Ok(page) => page,
+            Err(e) if e.code() == Some("WRONGTYPE") => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let last = page.len() < 1000;
+        for (entry_id, raw) in page {
+            scanned += 1;
+            let is_it = raw.iter().any(|(k, v)| k.as_slice() == b"id" && v.as_slice() == wanted.as_bytes());
+            if is_it {
+                let fields = raw
+                    .into_iter()
+                    .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned()))
+                    .collect();
+                return Ok(Some((entry_id, fields)));
+            }
+            start = format!("({entry_id}");
+        }
+        if last {
+            break;
         }
     }
     Ok(None)
 }
 
-/// Looks job `id` up on `queue` (its pending list read in `group`); `None` when it has no record (never
-/// enqueued here, enqueued with records off, or finished longer ago than the retention).
+/// Looks job `id` up on `queue` (its pending list read in `group`); `None` when nothing is known of it (never
+/// enqueued there, finished longer ago than the retention, or waiting with a producer clock more than 10 s off).
 pub async fn show(pool: &Pool, queue: &Queue, group: &GroupName, id: &JobId) -> crate::Result<Option<JobStatus>> {
     let mut conn = pool.get().await?;
-    let Some(keys) = keys_of(&mut conn, queue, id).await? else { return Ok(None) };
-    let record: std::collections::HashMap<String, String> =
-        redis::cmd("HGETALL").arg(keys.job(&id.to_string())).query_async(&mut conn).await?;
-    let Some(mut state) = record.get(field::STATE).and_then(|s| JobState::parse(s)) else {
-        return Ok(None);
-    };
+    let Some(mut found) = locate(&mut conn, queue, id).await? else { return Ok(None) };
+    let record = &found.record;
+    let keys = found.keys.clone();
     let number = |name: &str| record.get(name).and_then(|v| v.parse::<u64>().ok());
-    let json = |name: &str| {
-        record.get(name).map(|v| serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.clone())))
-    };
+    let json = |text: &str| serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()));
     let mut attempts: Vec<Attempt> = record
         .iter()
         .filter(|(name, _)| name.starts_with(field::ATTEMPT_PREFIX))
         .filter_map(|(_, value)| serde_json::from_str(value).ok())
         .collect();
+    let recorded = record.get(field::STATE).and_then(|s| JobState::parse(s));
+    let finished = found.finished.take();
+    let mut state = finished.as_ref().map(|f| f.state).or(recorded).unwrap_or(JobState::Waiting);
+    if let Some(last) = finished.as_ref().and_then(|f| f.attempt.clone()) {
+        attempts.retain(|a| a.n != last.n);
+        attempts.push(last);
+    }
     attempts.sort_by_key(|a| a.n);
     let mut status = JobStatus {
         id: id.to_string(),
         queue: keys.queue().to_string(),
         state,
-        kind: record.get(field::KIND).cloned(),
-        enqueued_at: number(field::ENQUEUED_AT),
+        kind: finished.as_ref().map(|f| f.kind.clone()).or_else(|| record.get(field::KIND).cloned()),
+        enqueued_at: finished.as_ref().map(|f| f.enqueued_at).or_else(|| number(field::ENQUEUED_AT)),
         attempt: None,
         consumer: None,
         deliveries: None,
         run_at: number(field::RUN_AT).filter(|_| state == JobState::Delayed),
-        message_id: record.get(field::MSG).cloned(),
+        message_id: finished.as_ref().map(|f| f.msg.clone()).or_else(|| record.get(field::MSG).cloned()),
         payload: None,
         attempts,
-        progress: json(field::PROGRESS),
-        result: json(field::RESULT),
+        progress: record.get(field::PROGRESS).map(|p| json(p)),
+        result: finished.as_ref().and_then(|f| f.result.as_ref()).map(|r| json(r.get())),
         reason: record.get(field::REASON).cloned(),
         error: record.get(field::ERROR).cloned(),
         dead_id: record.get(field::DEAD_ID).cloned(),
-        finished_at: number(field::FINISHED_AT),
+        finished_at: finished.as_ref().map(|f| f.finished_at).or_else(|| number(field::FINISHED_AT)),
         cancel_requested_at: number(field::CANCEL_REQUESTED_AT),
-        trace_id: record.get(field::TRACEPARENT).and_then(|tp| trace_id_of(tp)),
+        trace_id: finished
+            .as_ref()
+            .and_then(|f| f.traceparent.as_deref())
+            .or(record.get(field::TRACEPARENT).map(String::as_str))
+            .and_then(trace_id_of),
     };
     if state == JobState::Delayed {
         status.attempt = Some(status.attempts.last().map_or(1, |a| a.n + 1));
     }
     // The entry the job is (or was) on: the stream's while it waits or runs, the dead stream's once dead.
-    let entry = match (state, &status.message_id, &status.dead_id) {
-        (JobState::Dead | JobState::Expired, _, Some(dead_id)) => read_entry(&mut conn, &keys.dead, dead_id).await?,
-        (_, Some(msg), _) => read_entry(&mut conn, &keys.stream, msg).await?,
+    let entry = match (state, found.entry.take(), &status.message_id, &status.dead_id) {
+        (_, Some((msg, fields)), _, _) => {
+            status.message_id = Some(msg);
+            Some(fields)
+        }
+        (JobState::Dead | JobState::Expired, _, _, Some(dead_id)) => read_entry(&mut conn, &keys.dead, dead_id).await?,
+        (_, _, Some(msg), _) => read_entry(&mut conn, &keys.stream, msg).await?,
+        (JobState::Waiting, None, None, _) => match search_entry(&mut conn, &keys.stream, id).await? {
+            Some((msg, fields)) => {
+                status.message_id = Some(msg);
+                Some(fields)
+            }
+            None => None,
+        },
         _ => None,
     };
     if let Some(fields) = &entry {
@@ -274,32 +397,30 @@ pub async fn show(pool: &Pool, queue: &Queue, group: &GroupName, id: &JobId) -> 
         status.kind = status.kind.or_else(|| get(crate::job::field::KIND));
         status.enqueued_at = status.enqueued_at.or_else(|| get(crate::job::field::ENQUEUED_AT)?.parse().ok());
         status.trace_id = status.trace_id.or_else(|| trace_id_of(&get(crate::job::field::TRACEPARENT)?));
-        status.payload =
-            get(crate::job::field::PAYLOAD).map(|p| serde_json::from_str(&p).unwrap_or(serde_json::Value::String(p)));
+        status.payload = get(crate::job::field::PAYLOAD).map(|p| json(&p));
         if state == JobState::Waiting {
             status.attempt = get(crate::job::field::ATTEMPT).and_then(|a| a.parse().ok());
         }
     }
     if state == JobState::Waiting {
-        if let Some(msg) = status.message_id.clone() {
-            let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-                .arg(&keys.stream)
-                .arg(group.as_str())
-                .arg(&msg)
-                .arg(&msg)
-                .arg(1)
-                .query_async(&mut conn)
-                .await
-                .or_else(|e| if crate::stream::is_no_group(&e) { Ok(Vec::new()) } else { Err(e) })?;
-            if let Some((_, consumer, _idle, deliveries)) = pending.into_iter().next() {
-                state = JobState::Running;
-                status.consumer = Some(consumer);
-                status.deliveries = Some(deliveries);
-            } else if entry.is_none() || delivered(&mut conn, &keys, group, &msg).await? {
-                // Acknowledged (or trimmed) while its record still says waiting: the settle's record update
-                // did not land (Redis was full) or is on its way. It is not waiting any more.
-                state = JobState::Done;
-            }
+        let Some(msg) = status.message_id.clone() else { return Ok(None) };
+        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(&keys.stream)
+            .arg(group.as_str())
+            .arg(&msg)
+            .arg(&msg)
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .or_else(|e| if crate::stream::is_no_group(&e) { Ok(Vec::new()) } else { Err(e) })?;
+        if let Some((_, consumer, _idle, deliveries)) = pending.into_iter().next() {
+            state = JobState::Running;
+            status.consumer = Some(consumer);
+            status.deliveries = Some(deliveries);
+        } else if entry.is_none() || delivered(&mut conn, &keys, group, &msg).await? {
+            // Acknowledged (or trimmed) with no final record: its record's write did not land (Redis was full,
+            // or records are off). It is not waiting any more.
+            state = JobState::Done;
         }
     }
     status.state = state;
@@ -314,30 +435,23 @@ fn trace_id_of(traceparent: &str) -> Option<String> {
 }
 
 /// The fields of entry `id` of `stream`, as text, if it exists.
-async fn read_entry(
-    conn: &mut crate::connection::Connection,
-    stream: &str,
-    id: &str,
-) -> crate::Result<Option<Vec<(String, String)>>> {
-    let found: redis::streams::StreamRangeReply =
-        match redis::cmd("XRANGE").arg(stream).arg(id).arg(id).query_async(conn).await {
-            Ok(found) => found,
-            // Not a stream (or not an id): nothing to show from it.
-            Err(e) if e.code() == Some("WRONGTYPE") => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-    let Some(entry) = found.ids.into_iter().find(|e| e.id == id) else { return Ok(None) };
-    Ok(Some(entry.map.into_iter().filter_map(|(k, v)| Some((k, redis::from_redis_value::<String>(v).ok()?))).collect()))
+async fn read_entry(conn: &mut Connection, stream: &str, id: &str) -> crate::Result<Option<Vec<(String, String)>>> {
+    let found = match crate::stream::range(conn, stream, id, id, 1).await {
+        Ok(found) => found,
+        // Not a stream (or not an id): nothing to show from it.
+        Err(e) if matches!(e.code(), Some("WRONGTYPE") | Some("ERR")) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(found.into_iter().find(|(entry, _)| entry == id).map(|(_, raw)| {
+        raw.into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned()))
+            .collect()
+    }))
 }
 
 /// True when entry `msg` was delivered to `group` already (its id is not after the group's last delivered one).
-async fn delivered(
-    conn: &mut crate::connection::Connection,
-    keys: &Keys,
-    group: &GroupName,
-    msg: &str,
-) -> crate::Result<bool> {
-    let groups: Vec<std::collections::HashMap<String, redis::Value>> =
+async fn delivered(conn: &mut Connection, keys: &Keys, group: &GroupName, msg: &str) -> crate::Result<bool> {
+    let groups: Vec<HashMap<String, redis::Value>> =
         match redis::cmd("XINFO").arg("GROUPS").arg(&keys.stream).query_async(conn).await {
             Ok(groups) => groups,
             Err(_) => return Ok(false),
@@ -374,7 +488,7 @@ pub enum CancelOutcome {
         /// Its state.
         state: JobState,
     },
-    /// No record of the job (see [`show`]).
+    /// Nothing is known of the job (see [`show`]).
     NotFound,
 }
 
@@ -396,13 +510,24 @@ pub async fn cancel(
 ) -> crate::Result<CancelOutcome> {
     let now = crate::clock::now_ms();
     let mut conn = pool.get().await?;
-    let Some(keys) = keys_of(&mut conn, queue, id).await? else { return Ok(CancelOutcome::NotFound) };
+    let Some(found) = locate(&mut conn, queue, id).await? else { return Ok(CancelOutcome::NotFound) };
+    if let Some(finished) = &found.finished {
+        return Ok(CancelOutcome::Already { state: finished.state });
+    }
+    let keys = &found.keys;
+    // The entry to act on when the record does not name it: found by the search, or searched now.
+    let msg = match (&found.entry, found.record.contains_key(field::STATE) || found.record.contains_key(field::MSG)) {
+        (Some((msg, _)), _) => msg.clone(),
+        (None, true) => String::new(),
+        (None, false) => search_entry(&mut conn, &keys.stream, id).await?.map(|(msg, _)| msg).unwrap_or_default(),
+    };
     let (outcome, detail): (String, String) = CANCEL
         .key(keys.job(&id.to_string()))
         .key(&keys.stream)
         .arg(group.as_str())
         .arg(now)
         .arg(retention.as_millis().max(1) as u64)
+        .arg(&msg)
         .invoke_async(&mut conn)
         .await?;
     let state = |text: &str| JobState::parse(text).unwrap_or(JobState::Done);
@@ -441,26 +566,16 @@ pub(crate) const CANCEL_MEMORY: Duration = Duration::from_secs(24 * 3600);
 /// Most ids the cancel set keeps.
 pub(crate) const MAX_CANCELS: usize = 100_000;
 
-/// A job's state and result, read with one command.
+/// A job's state and result.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoredResult {
-    /// The job's state as its record says (`waiting` covers `running`).
+    /// The job's state, as [`show`] says.
     pub state: JobState,
     /// What its handler returned (JSON), if it is done and returned something.
     pub result: Option<serde_json::Value>,
 }
 
-/// The result of job `id` on `queue`; `None` when it has no record.
-pub async fn result(pool: &Pool, queue: &Queue, id: &JobId) -> crate::Result<Option<StoredResult>> {
-    let mut conn = pool.get().await?;
-    let Some(keys) = keys_of(&mut conn, queue, id).await? else { return Ok(None) };
-    let (state, result): (Option<String>, Option<String>) = redis::cmd("HMGET")
-        .arg(keys.job(&id.to_string()))
-        .arg(field::STATE)
-        .arg(field::RESULT)
-        .query_async(&mut conn)
-        .await?;
-    let Some(state) = state.as_deref().and_then(JobState::parse) else { return Ok(None) };
-    let result = result.map(|r| serde_json::from_str(&r).unwrap_or(serde_json::Value::String(r)));
-    Ok(Some(StoredResult { state, result }))
+/// The result of job `id` on `queue`; `None` when nothing is known of it.
+pub async fn result(pool: &Pool, queue: &Queue, group: &GroupName, id: &JobId) -> crate::Result<Option<StoredResult>> {
+    Ok(show(pool, queue, group, id).await?.map(|status| StoredResult { state: status.state, result: status.result }))
 }

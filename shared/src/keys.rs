@@ -256,6 +256,12 @@ impl Keys {
         format!("{}{job_id}", self.job_prefix)
     }
 
+    /// The hash of the jobs that finished (done or cancelled by their worker) in hour `hour` (unix ms / 3,600,000):
+    /// `<prefix>:{Q}:finished:<hour>`, job id → its final record as JSON ([`crate::jobs`]).
+    pub fn finished(&self, hour: u64) -> String {
+        format!("{}:finished:{hour}", self.stream)
+    }
+
     /// The key under which a job's result is stored by the shipped job kinds.
     pub fn result(&self, job_id: &str) -> String {
         format!("{}{job_id}", self.result_prefix)

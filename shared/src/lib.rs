@@ -51,6 +51,8 @@ pub mod connection;
 pub mod consumers;
 pub mod counts;
 pub mod cron;
+#[cfg(feature = "http")]
+pub mod dashboard;
 pub mod enqueue;
 pub mod error;
 pub mod handler;

@@ -125,38 +125,6 @@ fn entry(value: redis::Value) -> Option<(String, RawFields)> {
     Some((id, fields))
 }
 
-/// Sends `commands` (EVALSHAs of `script`, or plain commands) in one pipeline and returns each one's reply, so
-/// that one refused (at maxmemory) does not hide the others. When Redis does not know `script` yet (a restart,
-/// a new node), loads it and sends the commands it refused that way again: NOSCRIPT means nothing ran.
-pub(crate) async fn run_pipelined<C: ConnectionLike, T: redis::FromRedisValue>(
-    conn: &mut C,
-    script: &redis::Script,
-    commands: Vec<redis::Cmd>,
-) -> redis::RedisResult<Vec<redis::RedisResult<T>>> {
-    let mut pipe = redis::pipe();
-    for cmd in commands {
-        pipe.add_command(cmd);
-    }
-    pipe.ignore_errors();
-    let mut replies: Vec<redis::RedisResult<T>> = pipe.query_async(conn).await?;
-    let no_script = |r: &redis::RedisResult<T>| matches!(r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript));
-    if !replies.iter().any(no_script) {
-        return Ok(replies);
-    }
-    script.prepare_invoke().load_async(conn).await?;
-    let again: Vec<usize> = (0..replies.len()).filter(|&i| no_script(&replies[i])).collect();
-    let mut retry = redis::pipe();
-    for (_, cmd) in pipe.cmd_iter().enumerate().filter(|(i, _)| again.contains(i)) {
-        retry.add_command(cmd.clone());
-    }
-    retry.ignore_errors();
-    let retried: Vec<redis::RedisResult<T>> = retry.query_async(conn).await?;
-    for (i, reply) in again.into_iter().zip(retried) {
-        replies[i] = reply;
-    }
-    Ok(replies)
-}
-
 /// The XACK of entries `ids`; its reply is how many were still pending.
 pub(crate) fn ack_cmd(keys: &Keys, group: &GroupName, ids: &[impl redis::ToRedisArgs + Sync]) -> redis::Cmd {
     let mut cmd = redis::cmd("XACK");

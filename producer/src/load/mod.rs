@@ -55,7 +55,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot reach Redis at {}", jobstream::connection::redact(&args.redis.redis_url)))?;
     let progress = Progress::new(!args.no_progress && std::io::stderr().is_terminal(), pace.total());
 
-    let producer = Producer::new(pool.clone(), &args.queue.queue().map_err(usage)?).with_limits(limits);
+    let producer = Producer::new(pool.clone(), &args.queue.queue().map_err(usage)?)
+        .with_limits(limits)
+        .with_job_records(!args.no_job_records);
     producer.check_partitions().await?;
     let sender = Sender { producer, kind, payload, run, counters: Arc::default() };
     let start = Instant::now();

@@ -8,12 +8,13 @@
 --     `cancel_requested_at`, and the caller adds the id to the queue's cancel set, which every worker polls;
 --   already cancelled, done, dead or expired: nothing changes.
 -- No write fails but the first, so nothing is half done. The shebang line makes Redis refuse it under OOM.
--- KEYS[1] the job's status record, KEYS[2] the stream
--- ARGV[1] group, ARGV[2] now (unix ms), ARGV[3] time to live of a finished record (ms, '0' for none)
+-- KEYS[1] the job's per-job hash, KEYS[2] the stream
+-- ARGV[1] group, ARGV[2] now (unix ms), ARGV[3] time to live of a finished record (ms, '0' for none),
+-- ARGV[4] the job's entry id when the caller found it on the stream ('' to take the hash's `msg`)
 -- Returns {outcome, detail}: {'cancelled', 'delayed'|'waiting'}, {'signalled', consumer},
 -- {'already', state} (cancelled, done, dead, expired), {'unknown', ''} (no record),
 -- {'gone', ''} (the record names an entry the stream no longer holds).
-local state = redis.call('HGET', KEYS[1], 'state')
+local state = redis.call('HGET', KEYS[1], 'state') or (ARGV[4] ~= '' and 'waiting')
 if not state then
   return {'unknown', ''}
 end
@@ -37,7 +38,7 @@ end
 if state ~= 'waiting' then
   return {'already', state}
 end
-local msg = redis.call('HGET', KEYS[1], 'msg')
+local msg = ARGV[4] ~= '' and ARGV[4] or redis.call('HGET', KEYS[1], 'msg')
 if not msg then
   return {'gone', ''}
 end

@@ -18,11 +18,13 @@ use crate::stream;
 /// Most ids in one XACK.
 const MAX_BATCH: usize = 1024;
 
-/// A job's status record as its acknowledgement leaves it: `fields` set, then expiring after `ttl_ms`.
+/// A finished job's final record: field `job_id` of the hourly hash `key`, which expires `ttl_ms` after the
+/// write ([`crate::jobs`]).
 #[derive(Debug)]
 pub(crate) struct RecordUpdate {
     pub(crate) key: String,
-    pub(crate) fields: Vec<(std::borrow::Cow<'static, str>, String)>,
+    pub(crate) job_id: String,
+    pub(crate) json: String,
     pub(crate) ttl_ms: u64,
 }
 
@@ -73,18 +75,25 @@ async fn run(
                 let mut conn = pool.get().await.map_err(|e| e.to_string())?;
                 let mut pipe = redis::pipe();
                 pipe.add_command(stream::ack_cmd(&keys, &group, &ids));
-                // The records' updates follow the XACK in the same round trip; one refused (Redis full) never
-                // holds the acknowledgement back: a lookup checks a `waiting` record against the stream.
-                for (_, _, record) in &batch {
-                    if let Some(record) = record {
-                        let mut hset = redis::cmd("HSET");
-                        hset.arg(&record.key);
-                        for (name, value) in &record.fields {
-                            hset.arg(name.as_ref()).arg(value);
+                // The final records follow the XACK in the same round trip, one HSET per hourly hash (almost
+                // always one per batch); one refused (Redis full) never holds the acknowledgement back: a lookup
+                // then finds the entry acknowledged and says done.
+                let mut hashes: Vec<(&str, u64, redis::Cmd)> = Vec::new();
+                for record in batch.iter().filter_map(|(_, _, record)| record.as_ref()) {
+                    let at = match hashes.iter().position(|(key, ..)| *key == record.key) {
+                        Some(at) => at,
+                        None => {
+                            let mut hset = redis::cmd("HSET");
+                            hset.arg(&record.key);
+                            hashes.push((&record.key, record.ttl_ms, hset));
+                            hashes.len() - 1
                         }
-                        pipe.add_command(hset).ignore();
-                        pipe.cmd("PEXPIRE").arg(&record.key).arg(record.ttl_ms).ignore();
-                    }
+                    };
+                    hashes[at].2.arg(&record.job_id).arg(&record.json);
+                }
+                for (key, ttl_ms, hset) in hashes {
+                    pipe.add_command(hset).ignore();
+                    pipe.cmd("PEXPIRE").arg(key).arg(ttl_ms).ignore();
                 }
                 pipe.ignore_errors();
                 let mut replies: Vec<redis::RedisResult<u64>> =

@@ -40,8 +40,11 @@ pub(super) enum Outcome {
 /// What a job's status record needs from its attempt; `None` when records are off or the entry is not a job.
 #[derive(Debug)]
 pub(super) struct Tracked {
-    /// The record's key.
+    /// The per-job hash's key.
     pub(super) key: String,
+    pub(super) job_id: String,
+    /// The entry this attempt came from.
+    pub(super) message_id: String,
     pub(super) attempt: u32,
     pub(super) kind: String,
     pub(super) enqueued_at_ms: u64,
@@ -86,7 +89,7 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
         let context = Arc::new(AttemptContext {
             sink: Some(ProgressSink {
                 span: span.clone(),
-                record: record.clone().map(|key| (shared.pool.clone(), key)),
+                record: record.clone().map(|key| (shared.pool.clone(), key, shared.config.job_retention)),
                 max_result_bytes: shared.config.limits.max_payload_bytes,
             }),
             ..AttemptContext::default()
@@ -97,6 +100,8 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
             let span_cx = cx.span().span_context().clone();
             tracked = Some(Tracked {
                 key,
+                job_id: id.clone(),
+                message_id: delivery.message_id.clone(),
                 attempt: job.attempt,
                 kind: job.kind.as_str().to_owned(),
                 enqueued_at_ms: job.enqueued_at_ms,

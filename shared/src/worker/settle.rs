@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::acker::{AckSender, RecordUpdate};
 use super::attempt::{Outcome, Tracked};
 use super::{Shared, WorkerStats};
-use crate::jobs::{field as record, Attempt, JobState};
+use crate::jobs::{field as record, Attempt, Finished, JobState};
 use crate::loadprobe::Mark;
 use crate::metrics::DeadLabels;
 use crate::retry::RetryPolicy;
@@ -80,7 +80,11 @@ pub(super) async fn settle(
     tracked: Option<Tracked>,
 ) {
     let decision = decide(&outcome, &shared.config.retry, shared.config.max_deliveries);
-    let record = tracked.map(|tracked| record_update(shared, &tracked, &outcome, &decision));
+    let (finished, hash) = match tracked.map(|tracked| record_update(shared, &tracked, &outcome, &decision)) {
+        Some(Record::Finished(update)) => (Some(update), None),
+        Some(Record::Hash(update)) => (None, Some(update)),
+        None => (None, None),
+    };
     match (&outcome, &decision) {
         (Outcome::Succeeded, _) => {
             WorkerStats::add(&shared.stats.succeeded, 1);
@@ -105,15 +109,15 @@ pub(super) async fn settle(
     let moved = match &decision {
         Decision::Ack => {
             spans::settle_event(span, decision.event());
-            if !acks.send(delivery.message_id.clone(), mark, record) {
+            if !acks.send(delivery.message_id.clone(), mark, finished) {
                 tracing::warn!(parent: span, message_id = %delivery.message_id, "acker stopped; job stays pending");
             }
             return;
         }
         Decision::Retry { delay, next_attempt } => {
-            schedule_retry(shared, delivery, *delay, *next_attempt, record.as_ref()).await
+            schedule_retry(shared, delivery, *delay, *next_attempt, hash.as_ref()).await
         }
-        Decision::Dead(reason, error) => dead_letter(shared, delivery, *reason, error, record.as_ref()).await,
+        Decision::Dead(reason, error) => dead_letter(shared, delivery, *reason, error, hash.as_ref()).await,
     };
     match moved {
         Ok(Settled::Moved) => moved_to(shared, delivery, span, &decision, &outcome),
@@ -159,17 +163,23 @@ fn moved_to(shared: &Shared, delivery: &Delivery, span: &tracing::Span, decision
     }
 }
 
-/// The update of a job's status record after `outcome` and `decision`: the attempt (if it ran), the job's
-/// facts, and its new state.
-fn record_update(shared: &Shared, tracked: &Tracked, outcome: &Outcome, decision: &Decision) -> RecordUpdate {
+/// What a job's records get after `outcome` and `decision`: the final record of a done or cancelled job (sent
+/// with the acknowledgement), or the per-job hash's update of a retry or a dead letter (written by the settle
+/// script).
+enum Record {
+    Finished(RecordUpdate),
+    Hash(HashUpdate),
+}
+
+/// A per-job hash's new fields, and its time to live (0: none).
+struct HashUpdate {
+    key: String,
+    fields: Vec<(Cow<'static, str>, String)>,
+    ttl_ms: u64,
+}
+
+fn record_update(shared: &Shared, tracked: &Tracked, outcome: &Outcome, decision: &Decision) -> Record {
     let now = crate::clock::now_ms();
-    let (state, ttl_ms) = match (outcome, decision) {
-        (Outcome::Cancelled { .. }, _) => (JobState::Cancelled, retention_ms(shared)),
-        (_, Decision::Ack) => (JobState::Done, retention_ms(shared)),
-        (_, Decision::Retry { .. }) => (JobState::Delayed, 0),
-        (_, Decision::Dead(DeadReason::Expired, _)) => (JobState::Expired, retention_ms(shared)),
-        (_, Decision::Dead(..)) => (JobState::Dead, retention_ms(shared)),
-    };
     let ran = match outcome {
         Outcome::Succeeded => Some(("done".to_owned(), None)),
         Outcome::Failed { failure, .. } => {
@@ -179,24 +189,53 @@ fn record_update(shared: &Shared, tracked: &Tracked, outcome: &Outcome, decision
         Outcome::Cancelled { started: true } => Some(("cancelled".to_owned(), None)),
         Outcome::Cancelled { started: false } | Outcome::Poison { .. } | Outcome::Dead(..) => None,
     };
+    let attempt = ran.map(|(outcome, error)| Attempt {
+        n: tracked.attempt,
+        consumer: shared.config.consumer.clone(),
+        started_at: tracked.started_ms,
+        ended_at: now,
+        outcome,
+        error,
+        trace_id: tracked.trace_id.clone(),
+        span_id: tracked.span_id.clone(),
+    });
+    if let Decision::Ack = decision {
+        let state = if matches!(outcome, Outcome::Cancelled { .. }) { JobState::Cancelled } else { JobState::Done };
+        let result = tracked.context.result.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let finished = Finished {
+            state,
+            kind: tracked.kind.clone(),
+            enqueued_at: tracked.enqueued_at_ms,
+            traceparent: tracked.traceparent.clone(),
+            msg: tracked.message_id.clone(),
+            finished_at: now,
+            attempt,
+            result: result
+                .filter(|_| state == JobState::Done)
+                .and_then(|r| serde_json::value::RawValue::from_string(r).ok()),
+        };
+        let hour = now / crate::jobs::HOUR_MS;
+        return Record::Finished(RecordUpdate {
+            key: shared.keys.finished(hour),
+            job_id: tracked.job_id.clone(),
+            json: serde_json::to_string(&finished).expect("a final record always serializes"),
+            // The hash lives the retention after its hour ends.
+            ttl_ms: (hour + 1) * crate::jobs::HOUR_MS - now + retention_ms(shared),
+        });
+    }
     let mut fields: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(12);
+    let (state, ttl_ms) = match decision {
+        Decision::Dead(DeadReason::Expired, _) => (JobState::Expired, retention_ms(shared)),
+        Decision::Dead(..) => (JobState::Dead, retention_ms(shared)),
+        _ => (JobState::Delayed, 0),
+    };
     fields.push((Cow::Borrowed(record::STATE), state.as_str().to_owned()));
     fields.push((Cow::Borrowed(record::KIND), tracked.kind.clone()));
     fields.push((Cow::Borrowed(record::ENQUEUED_AT), tracked.enqueued_at_ms.to_string()));
     if let Some(traceparent) = &tracked.traceparent {
         fields.push((Cow::Borrowed(record::TRACEPARENT), traceparent.clone()));
     }
-    if let Some((outcome, error)) = ran {
-        let attempt = Attempt {
-            n: tracked.attempt,
-            consumer: shared.config.consumer.clone(),
-            started_at: tracked.started_ms,
-            ended_at: now,
-            outcome,
-            error,
-            trace_id: tracked.trace_id.clone(),
-            span_id: tracked.span_id.clone(),
-        };
+    if let Some(attempt) = attempt {
         fields.push((Cow::Borrowed(record::ATTEMPTS), tracked.attempt.to_string()));
         let json = serde_json::to_string(&attempt).expect("an attempt always serializes");
         fields.push((attempt_field(tracked.attempt), json));
@@ -210,15 +249,9 @@ fn record_update(shared: &Shared, tracked: &Tracked, outcome: &Outcome, decision
             fields.push((Cow::Borrowed(record::ERROR), error.clone()));
             fields.push((Cow::Borrowed(record::FINISHED_AT), now.to_string()));
         }
-        Decision::Ack => {
-            fields.push((Cow::Borrowed(record::FINISHED_AT), now.to_string()));
-            let result = tracked.context.result.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-            if let (Outcome::Succeeded, Some(result)) = (outcome, result) {
-                fields.push((Cow::Borrowed(record::RESULT), result));
-            }
-        }
+        Decision::Ack => {}
     }
-    RecordUpdate { key: tracked.key.clone(), fields, ttl_ms }
+    Record::Hash(HashUpdate { key: tracked.key.clone(), fields, ttl_ms })
 }
 
 fn retention_ms(shared: &Shared) -> u64 {
@@ -235,7 +268,7 @@ fn attempt_field(n: u32) -> Cow<'static, str> {
 }
 
 /// A record update as the settle script takes it: its field/value pairs as one JSON array of strings.
-fn record_json(record: Option<&RecordUpdate>) -> (String, u64) {
+fn record_json(record: Option<&HashUpdate>) -> (String, u64) {
     match record {
         None => (String::new(), 0),
         Some(record) => {
@@ -251,7 +284,7 @@ async fn schedule_retry(
     delivery: &Delivery,
     delay: Duration,
     next_attempt: u32,
-    record: Option<&RecordUpdate>,
+    record: Option<&HashUpdate>,
 ) -> Result<Settled, String> {
     let due = crate::clock::now_ms() + delay.as_millis() as u64;
     let next_attempt = next_attempt.to_string();
@@ -295,7 +328,7 @@ async fn dead_letter(
     delivery: &Delivery,
     reason: DeadReason,
     error: &str,
-    record: Option<&RecordUpdate>,
+    record: Option<&HashUpdate>,
 ) -> Result<Settled, String> {
     let config = &shared.config;
     let (json, ttl) = record_json(record);
