@@ -12,13 +12,23 @@ drain, and that the probe paths answer on the real binaries. And what only shows
   with REDIS_URL (user, password, tls=enable exactly when the URL is rediss://, the address = the URL's host);
 - images: every image is tagged (not :latest); in the production overlays jobstream's image names a registry,
   is not :local, and is the same in every production overlay and the load test (one `images:` line);
-- the runtime image installs ca-certificates (rediss:// and HTTPS OTLP need the system's CAs).
+- the runtime image installs ca-certificates (rediss:// and HTTPS OTLP need the system's CAs);
+- the producer's API token: `producer serve` refuses a non-loopback address without one, so wherever the producer
+  listens beyond loopback (Compose, every overlay) it must get a non-empty token from a source that holds no
+  known value: in Compose a required variable (`${JOBSTREAM_API_TOKEN:?...}`), published on 127.0.0.1 only; in
+  Kubernetes the Secret jobstream-secrets, generated from the git-ignored k8s/base/api-token.env. The manifests
+  are rendered from a copy of k8s/ in which that file holds a throwaway random token (a fresh clone has none,
+  and this machine's own is never read): the producer's rendered token must be exactly it.
 Exits non-zero with one line per problem.
 """
+import atexit
 import base64
+import ipaddress
 import json
 import os
 import re
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -60,8 +70,30 @@ def binary_env_vars(name):
     return set(re.findall(r"\[env: ([A-Z0-9_]+)", "\n".join(helps))) | telemetry
 
 
+# The producer's API token: the secretGenerator jobstream-secrets reads it from this git-ignored file.
+TOKEN_FILE = "api-token.env"  # in k8s/base
+TOKEN_VAR = "JOBSTREAM_API_TOKEN"
+THROWAWAY_TOKEN = secrets.token_hex(16)  # what the check writes into its copy of TOKEN_FILE
+_k8s_copy = []
+
+
+def k8s_copy():
+    """A copy of k8s/ whose base/api-token.env holds THROWAWAY_TOKEN, made once (this machine's is not copied)."""
+    if not _k8s_copy:
+        tmp = tempfile.mkdtemp(prefix="jobstream-check-deploy.")
+        atexit.register(shutil.rmtree, tmp, True)
+        shutil.copytree(os.path.join(ROOT, "k8s"), os.path.join(tmp, "k8s"),
+                        ignore=lambda d, names: [TOKEN_FILE] if os.path.basename(d) == "base" else [])
+        with open(os.path.join(tmp, "k8s", "base", TOKEN_FILE), "w") as f:
+            f.write(f"{TOKEN_VAR}={THROWAWAY_TOKEN}\n")
+        _k8s_copy.append(tmp)
+    return _k8s_copy[0]
+
+
 def render(path):
-    out = subprocess.run(["kubectl", "kustomize", os.path.join(ROOT, path)], capture_output=True, text=True, check=True)
+    out = subprocess.run(["kubectl", "kustomize", os.path.join(k8s_copy(), path)], capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"check_deploy: kubectl kustomize {path} failed: {out.stderr.strip()}")
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
@@ -222,6 +254,114 @@ def container_env(container, configmap):
     return env
 
 
+def effective_env(container, docs):
+    """{name: (value, source)} as the container sees its environment: envFrom in order, then env, which wins.
+    source is 'Secret NAME', 'ConfigMap NAME' or 'a plain value'; value None when the object or key is missing."""
+    def data(kind, name):
+        return (secret_data(docs, name) if kind == "Secret" else (find(docs, "ConfigMap", name) or {}).get("data")) or {}
+
+    out = {}
+    for ref in container.get("envFrom", []):
+        for kind, key in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+            if key in ref:
+                for k, v in data(kind, ref[key]["name"]).items():
+                    out[ref.get("prefix", "") + k] = (v, f"{kind} {ref[key]['name']}")
+    for e in container.get("env", []):
+        source = e.get("valueFrom")
+        if source is None:
+            out[e["name"]] = (str(e.get("value", "")), "a plain value")
+            continue
+        for kind, key in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
+            if key in source:
+                ref = source[key]
+                out[e["name"]] = (data(kind, ref["name"]).get(ref["key"]), f"{kind} {ref['name']}")
+                break
+        else:
+            out[e["name"]] = (None, "valueFrom")
+    return out
+
+
+def flag_value(args, flag):
+    """The value of `--flag VALUE` or `--flag=VALUE` in an argument list (the last one wins), or None."""
+    value = None
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            value = str(args[i + 1])
+        elif str(a).startswith(flag + "="):
+            value = str(a)[len(flag) + 1:]
+    return value
+
+
+def truthy(value):
+    """clap's reading of a boolean flag's environment variable."""
+    return value is not None and str(value).strip().lower() not in ("", "0", "n", "no", "f", "false", "off")
+
+
+def is_loopback(listen):
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def producer_listen(args, env):
+    """`producer serve`'s listen address: --listen, else JOBSTREAM_LISTEN, else its default (loopback)."""
+    return flag_value(args, "--listen") or env.get("JOBSTREAM_LISTEN") or "127.0.0.1:8080"
+
+
+def check_producer_token_k8s(path, deploy, container, docs):
+    """The producer listens beyond loopback (the Service and the probes need it) with a non-empty token from the
+    Secret generated from k8s/base/api-token.env: the throwaway token the check wrote there, no other."""
+    env = effective_env(container, docs)
+    args = [str(a) for a in (container.get("command") or [])[1:] + (container.get("args") or [])]
+    listen = producer_listen(args, {k: v for k, (v, _) in env.items()})
+    name = f"{path}: {deploy}"
+    check(not is_loopback(listen),
+          f"{name} listens on loopback {listen}: neither the Service nor the kubelet's probes can reach it")
+    token, source = env.get(TOKEN_VAR, (None, None))
+    if flag_value(args, "--api-token") is not None:
+        token, source = flag_value(args, "--api-token"), "its arguments"
+    if not token:
+        if is_loopback(listen):
+            return
+        allow = env.get("JOBSTREAM_ALLOW_UNAUTHENTICATED", (None,))[0]
+        open_api = truthy(allow) or "--allow-unauthenticated" in args
+        check(False, f"{name} listens on {listen} without a token ({TOKEN_VAR} " +
+              (f"empty or missing in {source}" if source else "unset") + "): " +
+              ("its API and dashboard are open to whoever reaches the port (--allow-unauthenticated)" if open_api
+               else "it refuses to start"))
+        return
+    check(source is not None and source.startswith("Secret "),
+          f"{name} gets {TOKEN_VAR} from {source}, not from a Secret: the token is written in the manifests")
+    check(token == THROWAWAY_TOKEN,
+          f"{name}'s {TOKEN_VAR} (from {source}) is not the one of k8s/base/{TOKEN_FILE} (the check writes a "
+          "throwaway one there): a token written in the manifests is known to everyone who reads them")
+
+
+def check_token_file():
+    """The base's Secret jobstream-secrets comes from k8s/base/api-token.env, which git must not track."""
+    base = os.path.join(ROOT, "k8s", "base")
+    with open(os.path.join(base, "kustomization.yaml")) as f:
+        kustomization = yaml.safe_load(f)
+    generator = next((g for g in kustomization.get("secretGenerator", []) if g["name"] == "jobstream-secrets"), {})
+    check(TOKEN_FILE in generator.get("envs", []),
+          f"k8s/base/kustomization.yaml: the secretGenerator jobstream-secrets does not read envs: [{TOKEN_FILE}]")
+    check(not any(str(lit).startswith(TOKEN_VAR + "=") for lit in generator.get("literals", [])),
+          f"k8s/base/kustomization.yaml: the secretGenerator jobstream-secrets sets {TOKEN_VAR} as a literal")
+    try:
+        with open(os.path.join(base, ".gitignore")) as f:
+            ignored = {line.strip() for line in f}
+    except FileNotFoundError:
+        ignored = set()
+    check(ignored & {TOKEN_FILE, "/" + TOKEN_FILE},
+          f"k8s/base/.gitignore does not ignore {TOKEN_FILE}: a real token could be committed")
+    if os.path.isdir(os.path.join(ROOT, ".git")):  # not in tests/check-deploy-mutations' copies
+        tracked = subprocess.run(["git", "-C", ROOT, "ls-files", "--", f"k8s/base/{TOKEN_FILE}"],
+                                 capture_output=True, text=True).stdout.strip()
+        check(not tracked, f"k8s/base/{TOKEN_FILE} is tracked by git: its token is known to whoever clones it")
+
+
 def check_overlay(path, env_of_binary):
     docs = render(path)
     namespace = next((d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"), "default")
@@ -255,13 +395,16 @@ def check_overlay(path, env_of_binary):
             name = item["name"]
             if name.startswith("JOBSTREAM_") or name == "REDIS_URL":
                 check(name in env_of_binary[binary], f"{path}: {deploy_name} sets {name}, which {binary} does not read")
-        listen_port = int(env.get("JOBSTREAM_LISTEN", f"0.0.0.0:{default_port}").rsplit(":", 1)[1])
+        default_listen = "127.0.0.1:8080" if binary == "producer" else f"0.0.0.0:{default_port}"
+        listen_port = int(env.get("JOBSTREAM_LISTEN", default_listen).rsplit(":", 1)[1])
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         for probe_name, path_expected in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")]:
             probe = container[probe_name]["httpGet"]
             port = ports.get(probe["port"], probe["port"])
             check(port == listen_port, f"{path}: {deploy_name} {probe_name} port {port} != listen port {listen_port}")
             check(probe["path"] == path_expected, f"{path}: {deploy_name} {probe_name} path {probe['path']}")
+        if binary == "producer":
+            check_producer_token_k8s(path, deploy_name, container, docs)
         if binary == "consumer":
             grace = duration_s(env.get("JOBSTREAM_SHUTDOWN_GRACE", "30s"))
             check(pod["terminationGracePeriodSeconds"] > grace,
@@ -320,6 +463,38 @@ def check_compose(env_of_binary):
     check(duration_s(services["consumer"]["stop_grace_period"]) > grace, "compose: consumer stop_grace_period <= drain")
     check("healthcheck" in services["redis"], "compose: redis needs a healthcheck")
     check("--appendonly" in services["redis"]["command"], "compose: redis must persist (appendonly)")
+    check_compose_producer(services["producer"])
+
+
+def check_compose_producer(svc):
+    """The producer beyond loopback needs a token that is required, non-empty and written nowhere in the file:
+    `${JOBSTREAM_API_TOKEN:?message}` (Compose refuses to start when it is unset or empty). Its port is
+    published on 127.0.0.1 only."""
+    environment = svc.get("environment") or {}
+    if isinstance(environment, list):
+        environment = dict(str(e).split("=", 1) if "=" in str(e) else (str(e), None) for e in environment)
+    command = svc.get("command") or []
+    command = command.split() if isinstance(command, str) else [str(a) for a in command]
+    listen = producer_listen(command, environment)
+    token = flag_value(command, "--api-token")
+    token = environment.get(TOKEN_VAR) if token is None else token
+    required = re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*:\?[^}]*\}", str(token or ""))
+    if not is_loopback(listen):
+        open_api = truthy(environment.get("JOBSTREAM_ALLOW_UNAUTHENTICATED")) or "--allow-unauthenticated" in command
+        if not token:
+            check(False, f"compose: producer listens on {listen} without a token ({TOKEN_VAR}): " +
+                  ("its API and dashboard are open (--allow-unauthenticated)" if open_api
+                   else "it refuses to start"))
+        elif "$" not in str(token):
+            check(False, f"compose: producer's {TOKEN_VAR} is written in compose.yaml: it is known to everyone who "
+                         "reads it; use ${" + TOKEN_VAR + ":?message}")
+        else:
+            check(required, f"compose: producer's {TOKEN_VAR} is {token}, which may be empty (Compose starts it "
+                            "without a token); use ${" + TOKEN_VAR + ":?message}")
+    for port in svc.get("ports") or []:
+        host_ip = port.get("host_ip") if isinstance(port, dict) else \
+            (str(port).rsplit(":", 2)[0] if str(port).count(":") >= 2 else None)
+        check(host_ip == "127.0.0.1", f"compose: producer publishes {port} beyond the loopback interface")
 
 
 def free_port():
@@ -328,16 +503,17 @@ def free_port():
         return s.getsockname()[1]
 
 
-def get(url):
+def get(url, headers=None):
     try:
-        with urllib.request.urlopen(url, timeout=5) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
 
 
 def check_probe_paths_on_binaries(docs):
-    """Runs the real binaries and asks them the probe paths the manifests use."""
+    """Runs the real binaries and asks them the probe paths the manifests use; the producer with a token, as the
+    manifests run it: the probes and /metrics (Prometheus) send none, and its API must refuse requests without it."""
     paths = {}
     for d in docs:
         if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("jobstream-"):
@@ -351,10 +527,12 @@ def check_probe_paths_on_binaries(docs):
         try:
             env = dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{redis_port}", JOBSTREAM_LOG_FORMAT="json")
             env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-            for name, argv in [("jobstream-consumer", [os.path.join(BIN, "consumer")]),
-                               ("jobstream-producer", [os.path.join(BIN, "producer"), "serve"])]:
+            env.pop(TOKEN_VAR, None)
+            for name, argv, extra in [("jobstream-consumer", [os.path.join(BIN, "consumer")], {}),
+                                      ("jobstream-producer", [os.path.join(BIN, "producer"), "serve"],
+                                       {TOKEN_VAR: THROWAWAY_TOKEN})]:
                 port = free_port()
-                procs.append(subprocess.Popen(argv, env=dict(env, JOBSTREAM_LISTEN=f"127.0.0.1:{port}"),
+                procs.append(subprocess.Popen(argv, env=dict(env, JOBSTREAM_LISTEN=f"127.0.0.1:{port}", **extra),
                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 deadline = time.time() + 20
                 statuses = {}
@@ -368,6 +546,12 @@ def check_probe_paths_on_binaries(docs):
                     time.sleep(0.1)
                 check(statuses and all(s == 200 for s in statuses.values()),
                       f"{name}: the real binary answers {statuses} on the manifests' probe paths")
+                if extra:
+                    api = f"http://127.0.0.1:{port}/v1/queues"
+                    answers = (get(api), get(api, {"Authorization": f"Bearer {THROWAWAY_TOKEN}"}))
+                    check(answers == (401, 200),
+                          f"{name}: with a token, GET /v1/queues answers {answers[0]} without it and {answers[1]} "
+                          "with it, not 401 and 200")
         finally:
             for p in procs + [redis]:
                 p.terminate()
@@ -387,6 +571,7 @@ def main():
         distinct = set().union(*images.values())
         check(len(distinct) == 1, f"jobstream's image differs between {', '.join(group)}: {images}")
     check_dockerfile()
+    check_token_file()
     check_compose(env_of_binary)
     if not os.environ.get("CHECK_DEPLOY_SKIP_PROBES"):  # tests/check-deploy-mutations: the files only
         check_probe_paths_on_binaries(docs)

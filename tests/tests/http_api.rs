@@ -93,3 +93,33 @@ async fn bad_requests_get_clear_json_errors() {
     assert_eq!(http_get(addr, "/readyz").0, 200);
     assert_eq!(api.terminate(), Some(0));
 }
+
+/// Secure by default: without a token, `producer serve` listens on loopback; a non-loopback address is refused
+/// (exit 2, saying why) unless `--allow-unauthenticated` accepts an open API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_open_api_on_a_non_loopback_address_needs_an_explicit_flag() {
+    let fx = Fixture::start().await;
+    let refused = fx
+        .producer()
+        .args(["serve", "--queue", "web", "--listen", "0.0.0.0:0"])
+        .env_remove("JOBSTREAM_API_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("refusing to serve on 0.0.0.0:0 without a token"), "{stderr}");
+    assert!(stderr.contains("--allow-unauthenticated"), "{stderr}");
+
+    let help = fx.producer().args(["serve", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("[default: 127.0.0.1:8080]"), "loopback by default");
+
+    // Accepted explicitly: it serves (on all interfaces; the test talks to it over loopback).
+    let mut cmd = plain("producer", &fx.redis);
+    cmd.args(["serve", "--queue", "web", "--listen", "0.0.0.0:0", "--allow-unauthenticated"]);
+    let api = fx.spawn(cmd, "open-api");
+    let port = api.listen_addr().port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until(Duration::from_secs(20), "the open API to be ready", || http_get(addr, "/readyz").0 == 200);
+    assert_eq!(http_get(addr, "/v1/queues").0, 200, "no token: the API is open, as asked");
+    assert_eq!(api.terminate(), Some(0));
+}

@@ -35,6 +35,9 @@ pub struct DemoSettings {
 struct DemoPayload {
     /// Panic in `process-data` with this message.
     panic: Option<String>,
+    /// Fail `process-data` (error.type `simulated_failure`) on every attempt up to this one: a job that fails
+    /// and then succeeds on its retry, for showing retries without chance.
+    fail_until_attempt: Option<u32>,
 }
 
 /// The `demo` handler.
@@ -90,8 +93,15 @@ impl JobHandler for Demo {
                 // `{"panic": "<message>"}` makes `process-data` panic: shows that a crashing handler fails its
                 // attempt (retried, then dead with the message) and never its worker.
                 if *name == "process-data" {
-                    if let Ok(Some(message)) = job.payload.deserialize::<DemoPayload>().map(|p| p.panic) {
+                    let payload = job.payload.deserialize::<DemoPayload>().ok();
+                    if let Some(message) = payload.as_ref().and_then(|p| p.panic.clone()) {
                         panic!("{message}");
+                    }
+                    if payload.and_then(|p| p.fail_until_attempt).is_some_and(|until| job.attempt <= until) {
+                        return Err(JobFailure::new(
+                            "simulated_failure",
+                            format!("process-data failed on purpose (fail_until_attempt, attempt {})", job.attempt),
+                        ));
                     }
                 }
                 if *name == "save-data" {

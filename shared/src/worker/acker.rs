@@ -18,15 +18,19 @@ use crate::stream;
 /// Most ids in one XACK.
 const MAX_BATCH: usize = 1024;
 
-/// A finished job's final record: field `job_id` of the hourly hash `key`, which expires `ttl_ms` after the
-/// write ([`crate::jobs`]).
+/// A finished job's final record: field `job_id` of the hourly hash `key`, which expires at `expire_at_ms`
+/// (unix ms: the job retention after its hour ends; [`crate::jobs`]).
 #[derive(Debug)]
 pub(crate) struct RecordUpdate {
     pub(crate) key: String,
     pub(crate) job_id: String,
     pub(crate) json: String,
-    pub(crate) ttl_ms: u64,
+    pub(crate) expire_at_ms: u64,
 }
+
+/// How often an hourly hash's expiry is sent again (it is the same absolute time each time: only a hash deleted
+/// and made again in between needs it).
+const EXPIRE_AGAIN: Duration = Duration::from_secs(60);
 
 /// One acknowledgement: the entry id, the job's load-test mark, and its record's update.
 type Ack = (String, Option<Mark>, Option<RecordUpdate>);
@@ -66,6 +70,8 @@ async fn run(
     give_up: CancellationToken,
 ) -> u64 {
     let mut batch: Vec<Ack> = Vec::with_capacity(MAX_BATCH);
+    // The hourly hash whose expiry was last sent, and when.
+    let mut expired: Option<(String, std::time::Instant)> = None;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     let mut unsent = 0;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -85,15 +91,21 @@ async fn run(
                         None => {
                             let mut hset = redis::cmd("HSET");
                             hset.arg(&record.key);
-                            hashes.push((&record.key, record.ttl_ms, hset));
+                            hashes.push((&record.key, record.expire_at_ms, hset));
                             hashes.len() - 1
                         }
                     };
                     hashes[at].2.arg(&record.job_id).arg(&record.json);
                 }
-                for (key, ttl_ms, hset) in hashes {
+                for (key, expire_at_ms, hset) in hashes {
                     pipe.add_command(hset).ignore();
-                    pipe.cmd("PEXPIRE").arg(key).arg(ttl_ms).ignore();
+                    let fresh = expired
+                        .as_ref()
+                        .is_some_and(|(last, at)| last == key && at.elapsed() < EXPIRE_AGAIN);
+                    if !fresh {
+                        pipe.cmd("PEXPIREAT").arg(key).arg(expire_at_ms).ignore();
+                        expired = Some((key.to_owned(), std::time::Instant::now()));
+                    }
                 }
                 pipe.ignore_errors();
                 let mut replies: Vec<redis::RedisResult<u64>> =
@@ -110,6 +122,8 @@ async fn run(
                     break;
                 }
                 Err(error) => {
+                    // The expiry may not have landed: send it again with the retry.
+                    expired = None;
                     if backoff.failures() == 0 {
                         tracing::warn!(%error, ids = batch.len(), "XACK failed; retrying with back-off");
                     }

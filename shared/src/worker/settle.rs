@@ -220,7 +220,7 @@ fn record_update(shared: &Shared, tracked: &Tracked, outcome: &Outcome, decision
             job_id: tracked.job_id.clone(),
             json: serde_json::to_string(&finished).expect("a final record always serializes"),
             // The hash lives the retention after its hour ends.
-            ttl_ms: (hour + 1) * crate::jobs::HOUR_MS - now + retention_ms(shared),
+            expire_at_ms: (hour + 1) * crate::jobs::HOUR_MS + retention_ms(shared),
         });
     }
     let mut fields: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(12);
