@@ -99,9 +99,7 @@ async fn run(
                 }
                 for (key, expire_at_ms, hset) in hashes {
                     pipe.add_command(hset).ignore();
-                    let fresh = expired
-                        .as_ref()
-                        .is_some_and(|(last, at)| last == key && at.elapsed() < EXPIRE_AGAIN);
+                    let fresh = expired.as_ref().is_some_and(|(last, at)| last == key && at.elapsed() < EXPIRE_AGAIN);
                     if !fresh {
                         pipe.cmd("PEXPIREAT").arg(key).arg(expire_at_ms).ignore();
                         expired = Some((key.to_owned(), std::time::Instant::now()));
