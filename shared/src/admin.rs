@@ -260,7 +260,9 @@ pub async fn replay(pool: &Pool, keys: &Keys, dead_id: &str) -> crate::Result<Re
     let dead_id = dead_id.as_str();
     let not_a_job = |reason: String| crate::Error::NotAJob { id: dead_id.to_owned(), reason };
     let mut fields = fields_from_raw(&raw).map_err(|e| not_a_job(e.to_string()))?;
-    fields.retain(|name, _| !name.starts_with("dead."));
+    // What the dead entry says about its last life is not the new job's: its `dead.*` fields and the time it
+    // was last promoted from the delayed set.
+    fields.retain(|name, _| !name.starts_with("dead.") && name != field::PROMOTED_AT);
     let old_trace = TraceHeaders::take_from(&mut fields);
     fields.insert(field::ATTEMPT.to_owned(), "1".to_owned());
     let mut job = crate::job::Job::from_fields(fields, &crate::limits::Limits { max_payload_bytes: usize::MAX })

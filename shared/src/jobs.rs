@@ -339,7 +339,11 @@ pub async fn show(pool: &Pool, queue: &Queue, group: &GroupName, id: &JobId) -> 
         .filter_map(|(_, value)| serde_json::from_str(value).ok())
         .collect();
     let recorded = record.get(field::STATE).and_then(|s| JobState::parse(s));
-    let finished = found.finished.take();
+    // A final record loses to a later final state in the hash: a consumer paused past the visibility timeout may
+    // still acknowledge an entry whose new owner dead-lettered it.
+    let finished = found.finished.take().filter(|f| {
+        !(recorded.is_some_and(JobState::is_final) && number(field::FINISHED_AT).is_some_and(|at| at > f.finished_at))
+    });
     let mut state = finished.as_ref().map(|f| f.state).or(recorded).unwrap_or(JobState::Waiting);
     if let Some(last) = finished.as_ref().and_then(|f| f.attempt.clone()) {
         attempts.retain(|a| a.n != last.n);

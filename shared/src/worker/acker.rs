@@ -113,7 +113,16 @@ async fn run(
             }
             .await;
             match sent {
-                Ok(_) => {
+                Ok(acked) => {
+                    if acked < batch.len() as u64 {
+                        // Taken over while this consumer was paused, and settled by their new owner: the new
+                        // owner's record of them (a dead letter, a retry) is the later one and wins at lookup.
+                        tracing::warn!(
+                            acknowledged = acked,
+                            sent = batch.len(),
+                            "some entries were no longer pending for this consumer: their new owners settle them"
+                        );
+                    }
                     backoff.reset();
                     probes.acked(batch.iter().filter_map(|(_, mark, _)| mark.as_ref()));
                     batch.clear();

@@ -15,7 +15,7 @@ function el(tag, attrs = {}, ...children) {
     else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
     else node.setAttribute(name, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -28,7 +28,7 @@ function svg(tag, attrs = {}) {
   return node;
 }
 function show(...nodes) {
-  main.replaceChildren(...nodes);
+  main.replaceChildren(...nodes.filter((node) => node !== null && node !== undefined && node !== false));
 }
 function fmtTime(ms) {
   if (ms === null || ms === undefined) return "—";
@@ -108,7 +108,7 @@ async function guarded(load) {
     setBanner(null);
   } catch (e) {
     if (e.status === 401) return showLogin();
-    setBanner(e.status === 503 ? `Redis is unavailable: ${e.message}` : e.message);
+    setBanner(e.message);
   }
 }
 
@@ -127,6 +127,7 @@ function showLogin(message) {
     try {
       await api("POST", "/ui/login", { token: input.value });
       await loadConfig();
+      show(el("p", { class: "muted" }, "Loading…"));
       route();
     } catch (e) {
       showLogin(e.status === 401 ? "Wrong token." : e.message);
@@ -293,7 +294,7 @@ async function queuePage(name, keep) {
     ? el("div", { class: "table-wrap" }, el("table", { "data-view": "schedules" },
         el("thead", {}, el("tr", {}, el("th", {}, "Schedule"), el("th", {}, "Cadence"), el("th", {}, "Kind"), el("th", {}, "State"), el("th", {}, "Last tick"), el("th", {}, "Next tick"))),
         el("tbody", {}, q.schedules.map((s) => el("tr", {}, el("td", {}, s.name), el("td", { class: "mono" }, s.cadence), el("td", {}, s.kind),
-          el("td", {}, s.paused ? "paused" : "running"), el("td", {}, fmtTime(s.last_tick_ms)), el("td", {}, fmtTime(s.next_tick_ms))))))))
+          el("td", {}, s.paused ? "paused" : "running"), el("td", {}, fmtTime(s.last_tick_ms)), el("td", {}, fmtTime(s.next_tick_ms)))))))
     : el("div", { class: "card empty" }, "No periodic schedule (producer cron add).");
 
   show(el("p", {}, el("a", { href: "#/" }, "← Queues")),
@@ -340,7 +341,7 @@ async function jobPage(id, queue) {
         el("tbody", {}, job.attempts.map((a) => el("tr", { "data-attempt": a.n },
           el("td", { class: "num" }, a.n), el("td", {}, el("span", { class: `badge state-${a.outcome === "done" ? "done" : "dead"}` }, a.outcome)),
           el("td", { class: "mono" }, a.consumer), el("td", {}, fmtTime(a.started_at)), el("td", { class: "num" }, fmtAge(a.ended_at - a.started_at)),
-          el("td", { class: "mono" }, a.error ?? ""), el("td", {}, traceLink(a.trace_id, a.span_id, `${a.trace_id.slice(0, 8)}… span ${a.span_id}`))))))))
+          el("td", { class: "mono" }, a.error ?? ""), el("td", {}, traceLink(a.trace_id, a.span_id, `${a.trace_id.slice(0, 8)}… span ${a.span_id}`)))))))
     : el("div", { class: "card empty" }, "No attempt finished yet.");
   show(el("p", {}, el("a", { href: `#/queue/${enc(job.queue)}` }, `← Queue ${job.queue}`)),
     el("h1", {}, "Job ", el("span", { class: "mono" }, job.id), " ", stateBadge(job.state)),
