@@ -217,6 +217,10 @@ pub struct EnqueueArgs {
     /// Like --deadline, this long after enqueueing (e.g. 10m).
     #[arg(long, value_parser = parse_duration)]
     pub ttl: Option<Duration>,
+    /// Refuse (exit 2) instead of warning when live workers of the queue advertise their kinds and none of them
+    /// handles --kind: such a job would be dead-lettered as unknown_kind.
+    #[arg(long, env = "JOBSTREAM_REQUIRE_HANDLED_KIND")]
+    pub require_handled_kind: bool,
     #[command(flatten)]
     pub schedule: ScheduleArgs,
 }

@@ -31,6 +31,16 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
         None => args.payload.clone(),
     };
     let pool = args.redis.pool(2, Duration::from_secs(10))?;
+    // A kind no live worker of the queue handles would be dead-lettered as unknown_kind: say so, or refuse.
+    let partition0 = args.queue.partition_keys().map_err(usage)?.swap_remove(0);
+    if let Ok(handled) = jobstream::kinds::handled(&pool, &partition0).await {
+        if let Some(why) = jobstream::kinds::unhandled(&args.kind, &handled) {
+            if args.require_handled_kind {
+                return Err(usage(format!("refusing to enqueue: {why}")));
+            }
+            eprintln!("warning: {why}");
+        }
+    }
     let producer = Producer::new(pool, &args.queue.queue().map_err(usage)?)
         .with_limits(args.queue.limits())
         .with_link_threshold(args.schedule.link_threshold)

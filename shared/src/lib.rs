@@ -61,6 +61,7 @@ pub mod health;
 pub mod job;
 pub mod jobs;
 pub mod keys;
+pub mod kinds;
 pub mod limits;
 pub mod loadprobe;
 pub mod metrics;

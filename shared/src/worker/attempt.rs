@@ -164,7 +164,22 @@ async fn run_handler(shared: &Shared, job: Job, span: &tracing::Span, mark: Opti
     let context = job.context.0.clone();
     let future = match shared.handlers.dispatch(job) {
         Some(future) => future,
-        None => return Outcome::Dead(DeadReason::UnknownKind, format!("no handler for kind {:?}", kind.as_str())),
+        None => {
+            let mut error = format!("no handler for kind {:?}", kind.as_str());
+            // A mixed group: name who does handle it, so the misrouting is plain in the dead letter.
+            if let Ok(handled) = crate::kinds::handled(&shared.pool, &shared.keys).await {
+                if let Some(other) = handled.get(kind.as_str()).filter(|h| h.consumer != shared.config.consumer) {
+                    error.push_str(&format!(
+                        "; consumer {} ({}) of this queue handles it: every worker of a group must handle every kind \
+                         it may read, so give kind {:?} its own queue",
+                        other.consumer,
+                        other.language,
+                        kind.as_str()
+                    ));
+                }
+            }
+            return Outcome::Dead(DeadReason::UnknownKind, error);
+        }
     };
     // A panicking handler fails its job instead of the worker; caught in place, which costs less than a task.
     let guarded = AssertUnwindSafe(future.instrument(span.clone())).catch_unwind();

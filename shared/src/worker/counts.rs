@@ -7,11 +7,16 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 
 /// Records the queue's counters for the last-minute rates ([`crate::counts`]) now and every
-/// [`crate::counts::RECORD_EVERY`], until `stop`; one worker's record serves all.
+/// [`crate::counts::RECORD_EVERY`], until `stop`; one worker's record serves all. In the same round, advertises
+/// the kinds this worker handles ([`crate::kinds`]).
 pub(super) async fn record(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         let recorded = async {
             let mut conn = shared.pool.get().await.map_err(|e| e.to_string())?;
+            let kinds = shared.handlers.kinds();
+            crate::kinds::advertise(&mut conn, &shared.keys, &kinds, &shared.config.consumer)
+                .await
+                .map_err(|e| e.to_string())?;
             crate::counts::record(&mut conn, &shared.keys).await.map_err(|e| e.to_string())
         }
         .await;
