@@ -18,7 +18,11 @@ drain, and that the probe paths answer on the real binaries. And what only shows
   known value: in Compose a required variable (`${JOBSTREAM_API_TOKEN:?...}`), published on 127.0.0.1 only; in
   Kubernetes the Secret jobstream-secrets, generated from the git-ignored k8s/base/api-token.env. The manifests
   are rendered from a copy of k8s/ in which that file holds a throwaway random token (a fresh clone has none,
-  and this machine's own is never read): the producer's rendered token must be exactly it.
+  and this machine's own is never read): the producer's rendered token must be exactly it;
+- Compose: every image it pulls is tagged (not :latest); the profile `polyglot`'s Node and Python workers start
+  only with that profile, are built from the repository with their examples' Dockerfiles (tagged base images,
+  jobstream's Lua scripts copied in), name a service for Redis and for OTLP, set OTEL_SERVICE_NAME and publish
+  no port.
 Exits non-zero with one line per problem.
 """
 import atexit
@@ -464,6 +468,82 @@ def check_compose(env_of_binary):
     check("healthcheck" in services["redis"], "compose: redis needs a healthcheck")
     check("--appendonly" in services["redis"]["command"], "compose: redis must persist (appendonly)")
     check_compose_producer(services["producer"])
+    check_compose_images(services)
+    check_compose_polyglot(services)
+
+
+def image_tag_problem(image):
+    """Why an image reference is not pinned (no tag, or :latest), or None."""
+    if "@" in image:
+        return None
+    repository = image_repository(image)
+    tag = image[len(repository):].lstrip(":")
+    if not tag:
+        return "has no tag"
+    if tag == "latest":
+        return "is :latest"
+    return None
+
+
+# The profile `polyglot`: the example workers and the Dockerfile each is built from (relative to the root).
+POLYGLOT = {"node-worker": "examples/node-worker/Dockerfile", "python-worker": "examples/python-worker/Dockerfile"}
+
+
+def dockerfile_bases(text):
+    """The images a Dockerfile's FROM lines derive from (earlier stages excluded)."""
+    stages, bases = set(), []
+    for m in re.finditer(r"^\s*FROM\s+(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?", text, re.I | re.M):
+        if m[1] not in stages:
+            bases.append(m[1])
+        if m[2]:
+            stages.add(m[2])
+    return bases
+
+
+def check_compose_images(services):
+    """Every image Compose pulls (a service without `build`) is tagged and not :latest."""
+    for name, svc in services.items():
+        if "build" in svc or "image" not in svc:
+            continue
+        why = image_tag_problem(str(svc["image"]))
+        check(why is None, f"compose: {name} image {svc['image']} {why}")
+
+
+def check_compose_polyglot(services):
+    """The profile `polyglot`: the Node and Python example workers, each only in that profile, built from the
+    repository root with its example's Dockerfile (tagged bases, the Lua scripts copied in), talking to services
+    that always run for Redis and OTLP, with a service name of its own and no published port."""
+    for name, dockerfile in POLYGLOT.items():
+        svc = services.get(name)
+        check(svc is not None, f"compose: no service {name} (profile polyglot)")
+        if svc is None:
+            continue
+        check(svc.get("profiles") == ["polyglot"],
+              f"compose: {name} is not in the profile polyglot only (plain `docker compose up` would start it)")
+        build = svc.get("build") or {}
+        build = {"context": build} if isinstance(build, str) else build
+        check(build.get("context") == ".." and build.get("dockerfile") == dockerfile,
+              f"compose: {name} is not built from the repository root with {dockerfile} ({build})")
+        environment = svc.get("environment") or {}
+        check(bool(environment.get("OTEL_SERVICE_NAME")), f"compose: {name} sets no OTEL_SERVICE_NAME")
+        for var in ("REDIS_URL", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+            host = urlparse(str(environment.get(var, ""))).hostname
+            check(host in services and not services[host].get("profiles"),
+                  f"compose: {name} {var} host {host!r} is no service that always runs")
+        check(not svc.get("ports"), f"compose: {name} publishes {svc.get('ports')}: a worker needs no port")
+        try:
+            with open(os.path.join(ROOT, dockerfile)) as f:
+                text = re.sub(r"\\\n", " ", f.read())
+        except FileNotFoundError:
+            check(False, f"{dockerfile}: missing (compose builds {name} with it)")
+            continue
+        bases = dockerfile_bases(text)
+        check(bases, f"{dockerfile}: no FROM line")
+        for base in bases:
+            why = image_tag_problem(base)
+            check(why is None and "$" not in base, f"{dockerfile}: base image {base} {why or 'is not a literal'}")
+        check(re.search(r"^\s*COPY\s+.*shared/src/lua", text, re.M | re.I),
+              f"{dockerfile}: does not copy shared/src/lua (the Lua scripts the worker runs)")
 
 
 def check_compose_producer(svc):

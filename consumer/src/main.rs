@@ -85,11 +85,12 @@ async fn serve_health(
 }
 
 /// The shipped job kinds: their records go next to the queue (partition) each job came from; follow-up jobs
-/// of `fanout` go through `producer`.
+/// of `fanout` go through `producer`, those of `demo` (`next`) to their own queue with `producer`'s limits.
 fn handlers(pool: &Pool, prefix: &str, producer: Producer, demo: DemoSettings) -> anyhow::Result<Handlers> {
     let retention = demo.done_retention;
+    let limits = *producer.limits();
     Ok(Handlers::new()
-        .register(JobKind::parse("demo")?, Demo::new(pool.clone(), prefix, demo))
+        .register(JobKind::parse("demo")?, Demo::new(pool.clone(), prefix, limits, demo))
         .register(JobKind::parse("noop")?, Noop::new(pool.clone(), prefix, retention))
         .register(JobKind::parse("fanout")?, Fanout::new(pool.clone(), prefix, producer, retention)))
 }

@@ -1,8 +1,11 @@
 // What the Node worker and producer share: their command lines, the queue's key names (docs/wire-format.md,
-// "Keys"), job ids, and the partition record check. Plain Node: no jobstream code.
+// "Keys"), job ids, the partition record check, and enqueueing a job. Plain Node and the OpenTelemetry API: no
+// jobstream code.
 
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
+
+import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 
 /** Queue names and job kinds, as the wire format allows them. */
 export const QUEUE_NAME = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -131,5 +134,42 @@ export async function checkPartitions(redis, keys) {
       `queue ${keys.queue} has ${recorded} partition(s) recorded in Redis (${keys.partitions}); this example ` +
         `serves one unpartitioned queue: give it a partition's own name (--queue ${keys.queue}:<i>)`,
     ), { refused: true });
+  }
+}
+
+/**
+ * Enqueues one job of `kind` with `payload` (JSON text) on the queue of `keys`: one XADD with the wire format's
+ * fields and the W3C context of a PRODUCER span `send <Q>`, injected by the standard propagator. The span is a
+ * child of the active context: a root in a producer run, the `process` span in a worker's handler (a follow-up
+ * job then continues the trace). Returns `{ jobId, traceId, messageId }`; a Redis error is thrown, recorded on the
+ * span (`error.type` redis).
+ */
+export async function enqueue(redis, tracer, keys, kind, payload) {
+  const jobId = uuidv7();
+  const span = tracer.startSpan(`send ${keys.queue}`, {
+    kind: SpanKind.PRODUCER,
+    attributes: {
+      'messaging.system': 'redis',
+      'messaging.operation.type': 'send',
+      'messaging.operation.name': 'send',
+      'messaging.destination.name': keys.queue,
+      'jobstream.job.id': jobId,
+      'jobstream.job.kind': kind,
+      'jobstream.job.attempt': 1,
+    },
+  });
+  try {
+    const fields = { v: '1', id: jobId, kind, payload, enqueued_at: String(Date.now()), attempt: '1' };
+    // Adds traceparent (and tracestate, baggage when there are any): the field names are the header names.
+    propagation.inject(trace.setSpan(context.active(), span), fields);
+    const messageId = await redis.xadd(keys.stream, '*', ...Object.entries(fields).flat());
+    span.setAttribute('messaging.message.id', messageId);
+    return { jobId, traceId: span.spanContext().traceId, messageId };
+  } catch (e) {
+    span.setAttribute('error.type', 'redis');
+    span.setStatus({ code: SpanStatusCode.ERROR, message: e.message });
+    throw e;
+  } finally {
+    span.end();
   }
 }

@@ -8,10 +8,10 @@
 //
 // Prints one line per job: `<job id> <trace id>`, like `producer enqueue`. Job ids are UUIDv7.
 
-import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
+import { trace } from '@opentelemetry/api';
 import Redis from 'ioredis';
 
-import { checkPartitions, integer, KIND_NAME, matching, MAX_PAYLOAD_BYTES, parseOptions, QUEUE_NAME, queueKeys, uuidv7 } from './common.js';
+import { checkPartitions, enqueue, integer, KIND_NAME, matching, MAX_PAYLOAD_BYTES, parseOptions, QUEUE_NAME, queueKeys } from './common.js';
 import { initTracing } from './telemetry.js';
 
 const opts = parseOptions('usage: node producer.js --queue Q --kind K [--payload JSON] [--count N]', {
@@ -43,33 +43,8 @@ async function main() {
   await redis.connect();
   await checkPartitions(redis, keys);
   for (let i = 0; i < opts.count; i++) {
-    const jobId = uuidv7();
-    const span = tracer.startSpan(`send ${opts.queue}`, {
-      kind: SpanKind.PRODUCER,
-      attributes: {
-        'messaging.system': 'redis',
-        'messaging.operation.type': 'send',
-        'messaging.operation.name': 'send',
-        'messaging.destination.name': opts.queue,
-        'jobstream.job.id': jobId,
-        'jobstream.job.kind': opts.kind,
-        'jobstream.job.attempt': 1,
-      },
-    });
-    try {
-      const fields = { v: '1', id: jobId, kind: opts.kind, payload: opts.payload, enqueued_at: String(Date.now()), attempt: '1' };
-      // Adds traceparent (and tracestate, baggage when there are any): the field names are the header names.
-      propagation.inject(trace.setSpan(context.active(), span), fields);
-      const messageId = await redis.xadd(keys.stream, '*', ...Object.entries(fields).flat());
-      span.setAttribute('messaging.message.id', messageId);
-      process.stdout.write(`${jobId} ${span.spanContext().traceId}\n`);
-    } catch (e) {
-      span.setAttribute('error.type', 'redis');
-      span.setStatus({ code: SpanStatusCode.ERROR, message: e.message });
-      throw e;
-    } finally {
-      span.end();
-    }
+    const { jobId, traceId } = await enqueue(redis, tracer, keys, opts.kind, opts.payload);
+    process.stdout.write(`${jobId} ${traceId}\n`);
   }
 }
 

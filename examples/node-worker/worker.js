@@ -10,11 +10,12 @@
 //     REDIS_URL=redis://127.0.0.1:6379 OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 \
 //         node worker.js --queue jobs [--group workers] [--concurrency 16] [--count N]
 //
-// Kinds: `demo` (the four seed steps as child spans, like the Rust kind), `noop` (counts its run) and
-// `node-demo` (the demo, for a queue that only Node workers serve): HANDLERS below. Any other kind is
-// dead-lettered at once with reason `unknown_kind`, as the Rust worker does — give a Node worker a queue (or
-// group) of the kinds it knows. SIGTERM or SIGINT: stop reading, let running jobs finish (--shutdown-grace-ms),
-// flush spans, exit 0. The wire format is docs/wire-format.md; ioredis and the OpenTelemetry SDK are all it uses.
+// Kinds: `demo` (the four seed steps as child spans, like the Rust kind, then the follow-up job its payload's
+// `next` asks for), `noop` (counts its run) and `node-demo` (the demo, for a queue that only Node workers serve):
+// HANDLERS below. Any other kind is dead-lettered at once with reason `unknown_kind`, as the Rust worker does —
+// give a Node worker a queue (or group) of the kinds it knows. SIGTERM or SIGINT: stop reading, let running jobs
+// finish (--shutdown-grace-ms), flush spans, exit 0. The wire format is docs/wire-format.md; ioredis and the
+// OpenTelemetry SDK are all it uses.
 
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -27,6 +28,7 @@ import Redis from 'ioredis';
 
 import {
   checkPartitions,
+  enqueue,
   integer,
   KIND_NAME,
   matching,
@@ -347,8 +349,59 @@ function demoOptions(payload) {
   return { panic, until };
 }
 
-/** The seed's worker steps, as child spans of `process`, as the Rust `demo` kind runs them. */
+/**
+ * The follow-up a demo payload asks for with `"next": [{"queue": Q, "kind": K}, ...]`, as the Rust kind reads it:
+ * null when there is none (no `next`, `null`, an empty list, or a payload that is not an object), else the first
+ * hop's queue and kind and the payload that goes with it (this one without `next[0]`; `next` dropped when empty).
+ * A `next` that is not a list of such objects with valid names fails the job at once, permanently
+ * (`invalid_payload`): every hop is checked here.
+ */
+function demoFollowUp(payload) {
+  let value;
+  try {
+    value = JSON.parse(payload);
+  } catch {
+    return null;
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return null;
+  const hops = value.next;
+  if (hops === undefined || hops === null) return null;
+  const invalid = (why) => new JobFailure('invalid_payload', `next: ${why}`, { permanent: true });
+  if (!Array.isArray(hops)) throw invalid('not a list of {"queue", "kind"} objects');
+  hops.forEach((hop, i) => {
+    for (const [field, pattern, what] of [['queue', QUEUE_NAME, 'a queue name'], ['kind', KIND_NAME, 'a job kind']]) {
+      const text = hop !== null && typeof hop === 'object' ? hop[field] : undefined;
+      if (typeof text !== 'string') throw invalid(`element ${i} has no text field "${field}"`);
+      if (!pattern.test(text)) throw invalid(`element ${i}: ${JSON.stringify(text)} is not ${what}`);
+    }
+  });
+  if (hops.length === 0) return null;
+  const rest = { ...value, next: hops.slice(1) };
+  if (rest.next.length === 0) delete rest.next;
+  return { queue: hops[0].queue, kind: hops[0].kind, payload: JSON.stringify(rest) };
+}
+
+/**
+ * Enqueues a demo job's follow-up on its queue (under this worker's prefix) from the handler's context, so its
+ * `send <Q>` span is a child of the `process` span; any failure is a retryable one (`enqueue_failed`).
+ */
+async function enqueueFollowUp(next, { tracer, redis }) {
+  const target = queueKeys(opts.prefix, next.queue);
+  try {
+    await checkPartitions(redis, target);
+    const { jobId } = await enqueue(redis, tracer, target, next.kind, next.payload);
+    log('INFO', 'follow-up enqueued', { queue: next.queue, kind: next.kind, job_id: jobId });
+  } catch (e) {
+    throw new JobFailure('enqueue_failed', `follow-up on ${next.queue}: ${e.message}`);
+  }
+}
+
+/**
+ * The seed's worker steps, as child spans of `process`, as the Rust `demo` kind runs them; then the follow-up
+ * job of `next`, if any.
+ */
 async function handleDemo(job, { tracer, redis }) {
+  const next = demoFollowUp(job.payload);
   const failAt = Math.random() < opts.demoFailureRate ? Math.floor(Math.random() * 3) : null;
   const latencies = DEMO_STEPS.map(([, ms]) => ms * (0.5 + Math.random()) * opts.demoLatencyScale);
   const options = demoOptions(job.payload);
@@ -398,6 +451,7 @@ async function handleDemo(job, { tracer, redis }) {
       await job.progress({ step: name, done: index + 1, of: DEMO_STEPS.length }).catch((e) => log('WARN', 'progress not recorded', { error: e.message }));
     }
   }
+  if (next) await enqueueFollowUp(next, { tracer, redis });
 }
 
 /** Does nothing but, unless its payload says `"record": false`, count its run in the queue's `done` hash. */

@@ -7,7 +7,10 @@ Lua scripts.
         python3 worker.py --queue jobs [--group workers] [--count N] [--max-attempts 5] [--retry-base-delay-ms 1000]
 
 It runs the kinds `demo`, `noop` and `py-demo` (HANDLERS in worker.py; there is no --kind option: add a handler
-there for a kind of your own). A handler fails its attempt by raising JobFailure(error_type, message) (with
+there for a kind of your own). `demo` takes the Rust kind's payload options: `{"panic": msg}`,
+`{"fail_until_attempt": n}` and `"next": [{"queue": Q, "kind": K}, ...]`, a chain of jobs across workers: after
+its steps it enqueues one job of kind K on queue Q, from inside its `process` span (producer.py's `enqueue`), whose
+payload is its own without `next[0]`. A handler fails its attempt by raising JobFailure(error_type, message) (with
 permanent=True when retrying cannot help); any other exception is a crash, the attempt failing with
 error.type `panic` and the message `handler panicked: <the exception's text>`, as a panicking Rust handler's.
 
@@ -49,6 +52,7 @@ import redis
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+import producer
 import telemetry
 
 LUA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "src" / "lua"
@@ -58,6 +62,7 @@ MAX_FIELDS = 256  # a wider entry is not a job
 PROMOTE_EVERY = 0.2  # seconds
 PROMOTE_BATCH = 256  # most jobs one run of promote_due.lua moves
 KIND = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+QUEUE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 DECIMAL = re.compile(r"\+?[0-9]+")
 
 
@@ -146,7 +151,8 @@ def decode(pairs, max_payload_bytes):
     return Job(fields, attempt, payload)
 
 
-# Handlers: (job, tracer) -> None, raising JobFailure (or anything else, a crash) to fail the attempt.
+# Handlers: (job, tracer, worker) -> None, raising JobFailure (or anything else, a crash) to fail the attempt;
+# `worker` gives them its Redis connection (`worker.conn`) and options (`worker.args`: prefix, queue, ...).
 
 DEMO_STEPS = ("http-request", "load-data", "process-data", "save-data")
 
@@ -164,9 +170,53 @@ def demo_options(payload):
     return panic, until
 
 
-def handle_demo(job, tracer):
+def demo_follow_up(payload):
+    """The follow-up a demo payload asks for with `"next": [{"queue": Q, "kind": K}, ...]`, as the Rust kind reads
+    it: None when there is none (no `next`, null, an empty list, or a payload that is not an object), else (queue,
+    kind, payload text): the first hop, and this payload without `next[0]` (`next` dropped when empty). A `next`
+    that is not a list of such objects with valid names fails the job at once, permanently (`invalid_payload`):
+    every hop is checked here."""
+    if not isinstance(payload, dict) or payload.get("next") is None:
+        return None
+    hops = payload["next"]
+
+    def invalid(why):
+        return JobFailure("invalid_payload", f"next: {why}", permanent=True)
+
+    if not isinstance(hops, list):
+        raise invalid('not a list of {"queue", "kind"} objects')
+    for i, hop in enumerate(hops):
+        for field, pattern, what in (("queue", QUEUE, "a queue name"), ("kind", KIND, "a job kind")):
+            text = hop.get(field) if isinstance(hop, dict) else None
+            if not isinstance(text, str):
+                raise invalid(f'element {i} has no text field "{field}"')
+            if not pattern.fullmatch(text):
+                raise invalid(f"element {i}: {json.dumps(text)} is not {what}")
+    if not hops:
+        return None
+    rest = dict(payload, next=hops[1:])
+    if not rest["next"]:
+        del rest["next"]
+    return hops[0]["queue"], hops[0]["kind"], json.dumps(rest, ensure_ascii=False, separators=(",", ":"))
+
+
+def enqueue_follow_up(next_job, tracer, worker):
+    """Enqueues the follow-up on its queue (under this worker's prefix) in the current span, the `process` span: its
+    `send <Q>` span is that span's child. Any failure is a retryable one (`enqueue_failed`)."""
+    queue, kind, payload = next_job
+    try:
+        producer.check_partitions(worker.conn, worker.args.prefix, queue)
+        job_id, _ = producer.enqueue(worker.conn, tracer, worker.args.prefix, queue, kind, payload)
+    except (redis.exceptions.RedisError, ValueError) as e:
+        raise JobFailure("enqueue_failed", f"follow-up on {queue}: {e}")
+    log(f"follow-up {job_id} ({kind}) enqueued on {queue}")
+
+
+def handle_demo(job, tracer, worker):
     """The seed's worker steps, as child spans of `process`; `process-data` crashes on `{"panic": msg}` and fails
-    (error.type simulated_failure) while the attempt is at most `fail_until_attempt`."""
+    (error.type simulated_failure) while the attempt is at most `fail_until_attempt`. Then the follow-up of `next`,
+    if any."""
+    next_job = demo_follow_up(job.payload)
     panic, until = demo_options(job.payload)
     for step in DEMO_STEPS:
         with tracer.start_as_current_span(step) as span:
@@ -181,9 +231,11 @@ def handle_demo(job, tracer):
                 span.set_status(Status(StatusCode.ERROR, failure.message))
                 span.set_attribute("error.type", failure.error_type)
                 raise failure
+    if next_job:
+        enqueue_follow_up(next_job, tracer, worker)
 
 
-def handle_noop(job, tracer):
+def handle_noop(job, tracer, worker):
     pass
 
 
@@ -279,7 +331,7 @@ class Worker:
         if handler is None:
             return self.never_ran(span, "unknown_kind", f'no handler for kind "{job.kind}"')
         try:
-            handler(job, self.tracer)
+            handler(job, self.tracer, self)
             return ("ack",)
         except JobFailure as e:
             failure = e

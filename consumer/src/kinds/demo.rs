@@ -2,11 +2,19 @@
 //! `load-data`, `process-data` (with simulated latency; one of these may fail at the configured rate) and
 //! `save-data`, which stores the job's result in Redis so a run can be checked for completeness. It reports
 //! progress after each step and gives its result to `Job::set_result`, so `producer job show` has both.
+//!
+//! A chain of jobs across workers: a payload with `"next": [{"queue": "<q>", "kind": "<k>"}, …]` makes the job,
+//! once its four steps succeeded, enqueue ONE follow-up of `next[0].kind` on queue `next[0].queue` (under the
+//! consumer's key prefix), from inside its `process` span: its `send <q>` span is that span's child, and the
+//! follow-up continues the trace. The follow-up's payload is this one with the first element of `next` removed
+//! (`next` dropped when nothing is left). The Node and Python example workers do the same (examples/), so one
+//! request can run through all three. A `next` that is not a list of such objects with valid names fails the
+//! job at once, permanently (`invalid_payload`); an enqueue that fails is a retryable failure (`enqueue_failed`).
 
 use std::time::Duration;
 
 use jobstream::connection::Pool;
-use jobstream::{results, Job, JobFailure, JobHandler};
+use jobstream::{results, Job, JobFailure, JobHandler, JobKind, Limits, Payload, Producer, Queue};
 use opentelemetry::trace::Status;
 use rand::Rng;
 use tracing::Instrument;
@@ -40,18 +48,78 @@ struct DemoPayload {
     fail_until_attempt: Option<u32>,
 }
 
+/// The follow-up a `demo` payload asks for with `next`: its queue and kind, and its payload (this one without
+/// `next[0]`).
+#[derive(Debug)]
+struct FollowUp {
+    queue: Queue,
+    kind: JobKind,
+    payload: serde_json::Value,
+}
+
+/// Reads `next` from a demo payload: `None` when there is none (absent, `null` or an empty list; a payload that
+/// is not an object has none), else the first hop and the payload that goes with it. A `next` that is not a
+/// list of `{"queue": <queue name>, "kind": <job kind>}` objects is a permanent failure (`invalid_payload`):
+/// every hop is checked here, so a bad one fails the first job, not a later one in another language.
+fn follow_up(payload: &serde_json::Value, prefix: &str) -> Result<Option<FollowUp>, JobFailure> {
+    let invalid = |why: String| JobFailure::permanent("invalid_payload", format!("next: {why}"));
+    let Some(object) = payload.as_object() else { return Ok(None) };
+    let hops = match object.get("next") {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::Array(hops)) => hops,
+        Some(_) => return Err(invalid("not a list of {\"queue\", \"kind\"} objects".to_owned())),
+    };
+    let mut first = None;
+    for (i, hop) in hops.iter().enumerate() {
+        let field = |name: &str| {
+            hop.get(name)
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| invalid(format!("element {i} has no text field {name:?}")))
+        };
+        let queue = Queue::new(field("queue")?)
+            .and_then(|q| q.with_prefix(prefix))
+            .map_err(|e| invalid(format!("element {i}: {e}")))?;
+        let kind = JobKind::parse(field("kind")?).map_err(|e| invalid(format!("element {i}: {e}")))?;
+        first.get_or_insert((queue, kind));
+    }
+    let Some((queue, kind)) = first else { return Ok(None) };
+    let mut rest = object.clone();
+    let remaining: Vec<serde_json::Value> = hops[1..].to_vec();
+    if remaining.is_empty() {
+        rest.remove("next");
+    } else {
+        rest.insert("next".to_owned(), serde_json::Value::Array(remaining));
+    }
+    Ok(Some(FollowUp { queue, kind, payload: serde_json::Value::Object(rest) }))
+}
+
 /// The `demo` handler.
 pub struct Demo {
     pool: Pool,
-    /// Key prefix of the queue; records go next to the queue each job came from.
+    /// Key prefix of the queue; records go next to the queue each job came from, follow-ups under it.
     prefix: String,
+    /// Applied to follow-up jobs.
+    limits: Limits,
     settings: DemoSettings,
 }
 
 impl Demo {
-    /// A demo handler storing results under `keys`.
-    pub fn new(pool: Pool, prefix: &str, settings: DemoSettings) -> Self {
-        Self { pool, prefix: prefix.to_owned(), settings }
+    /// A demo handler storing results under `prefix`, enqueueing follow-ups (`next`) with `limits`.
+    pub fn new(pool: Pool, prefix: &str, limits: Limits, settings: DemoSettings) -> Self {
+        Self { pool, prefix: prefix.to_owned(), limits, settings }
+    }
+
+    /// Enqueues the follow-up, in the current (`process`) span: its `send` span is a child of it.
+    async fn enqueue(&self, next: FollowUp) -> Result<(), JobFailure> {
+        let payload = Payload::from_value(&next.payload, &self.limits)
+            .map_err(|e| JobFailure::permanent("invalid_payload", format!("next: {e}")))?;
+        let producer = Producer::new(self.pool.clone(), &next.queue).with_limits(self.limits);
+        let sent = producer
+            .enqueue_job(Job::new(next.kind.clone(), payload))
+            .await
+            .map_err(|e| JobFailure::new("enqueue_failed", format!("follow-up on {}: {e}", next.queue.name())))?;
+        tracing::info!(queue = %next.queue.name(), kind = %next.kind, job_id = %sent.job_id, "follow-up enqueued");
+        Ok(())
     }
 
     /// Which step fails this attempt (if any) and the latency of each step.
@@ -68,6 +136,7 @@ impl Demo {
 
 impl JobHandler for Demo {
     async fn handle(&self, job: Job) -> Result<(), JobFailure> {
+        let next = follow_up(&job.payload.deserialize::<serde_json::Value>().unwrap_or_default(), &self.prefix)?;
         let (fail_at, latencies) = self.plan();
         for (index, ((name, _), latency)) in STEPS.iter().zip(latencies).enumerate() {
             let span = tracing::info_span!(
@@ -142,6 +211,52 @@ impl JobHandler for Demo {
                 }
             }
         }
-        Ok(())
+        match next {
+            Some(next) => self.enqueue(next).await,
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn next_of(payload: serde_json::Value) -> Result<Option<(String, String, serde_json::Value)>, JobFailure> {
+        follow_up(&payload, "p").map(|f| f.map(|f| (f.queue.name().to_string(), f.kind.to_string(), f.payload)))
+    }
+
+    #[test]
+    fn the_first_hop_is_taken_and_the_rest_passed_on() {
+        let two = json!({"order": 42, "next": [{"queue": "a", "kind": "demo"}, {"queue": "b", "kind": "noop"}]});
+        assert_eq!(
+            next_of(two).unwrap(),
+            Some(("a".into(), "demo".into(), json!({"order": 42, "next": [{"queue": "b", "kind": "noop"}]})))
+        );
+        let last = json!({"order": 42, "next": [{"queue": "b", "kind": "noop"}]});
+        assert_eq!(next_of(last).unwrap(), Some(("b".into(), "noop".into(), json!({"order": 42}))));
+    }
+
+    #[test]
+    fn no_next_is_no_follow_up() {
+        for payload in [json!({"order": 1}), json!({"next": []}), json!({"next": null}), json!([1]), json!(7)] {
+            assert!(next_of(payload.clone()).unwrap().is_none(), "{payload}");
+        }
+    }
+
+    #[test]
+    fn a_bad_next_is_a_permanent_failure() {
+        for payload in [
+            json!({"next": "a"}),
+            json!({"next": [{"queue": "a"}]}),
+            json!({"next": [{"queue": "a", "kind": 1}]}),
+            json!({"next": [{"queue": "a b", "kind": "demo"}]}),
+            json!({"next": [{"queue": "a", "kind": "demo"}, {"queue": "b", "kind": "bad kind"}]}),
+            json!({"next": [7]}),
+        ] {
+            let failure = next_of(payload.clone()).unwrap_err();
+            assert!(failure.permanent && failure.error_type == "invalid_payload", "{payload}: {failure:?}");
+        }
     }
 }
