@@ -569,9 +569,17 @@ function cancelRequested(pairs, forgetBefore) {
 async function watchControl(signal) {
   let since = null;
   let failing = false;
+  let advertised = 0;
   while (!signal.aborted) {
     const now = Date.now();
     try {
+      // Every 5 s, the kinds this worker handles (`<prefix>:{Q}:kinds`, docs/wire-format.md): the producer warns
+      // about a kind no live worker handles, and a worker that dead-letters an unknown kind names who handles it.
+      if (now - advertised >= 5000) {
+        const me = JSON.stringify({ consumer: opts.consumer, language: 'node', seen_at: now });
+        await redis.hset(`${keys.stream}:kinds`, ...Object.keys(HANDLERS).flatMap((kind) => [kind, me]));
+        advertised = now;
+      }
       const replies = await redis
         .pipeline()
         .exists(keys.paused)

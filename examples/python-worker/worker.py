@@ -427,9 +427,16 @@ class Worker:
     def maintain(self):
         renew_every = self.args.visibility_timeout_ms / 3000
         renewed = time.monotonic()
+        advertised = 0.0
         failures = 0
         while not self.stop.wait(PROMOTE_EVERY if failures == 0 else min(10, PROMOTE_EVERY * 2 ** failures)):
             try:
+                # Every 5 s, the kinds this worker handles (`<prefix>:{Q}:kinds`, docs/wire-format.md).
+                if time.monotonic() - advertised >= 5:
+                    me = json.dumps({"consumer": self.args.consumer, "language": "python",
+                                     "seen_at": int(time.time() * 1000)}, separators=(",", ":"))
+                    self.conn.hset(f"{self.stream}:kinds", mapping={kind: me for kind in HANDLERS})
+                    advertised = time.monotonic()
                 self.paused = bool(self.conn.exists(self.paused_key))
                 if not self.paused:
                     self.promote()
