@@ -340,8 +340,8 @@ impl Job {
     /// Reports progress: `value` (a number, or small JSON of at most [`MAX_PROGRESS_BYTES`]) becomes a
     /// `progress` event on the attempt's `process` span (attribute `jobstream.job.progress`, the JSON text) and
     /// the `progress` field of the job's status record, shown by `producer job show`. Fails with `bad_progress`
-    /// when the value is too large or not JSON, or when the record cannot be written; the job itself goes on, so
-    /// a handler may ignore the error.
+    /// when the value is too large or not JSON, and with `redis_unavailable` or `redis_error` when the record
+    /// cannot be written; the job itself goes on, so a handler may ignore the error.
     pub async fn progress<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), crate::handler::JobFailure> {
         let text = serde_json::to_string(value)
             .map_err(|e| crate::handler::JobFailure::new("bad_progress", format!("progress is not JSON: {e}")))?;
