@@ -304,3 +304,25 @@ async fn the_http_routes_show_cancel_and_read_results_and_take_the_token() {
     );
     assert_eq!(worker.terminate(), Some(0));
 }
+
+/// A dead letter that last came from the delayed set carries `promoted_at`; replaying it starts a new life, so
+/// the new entry must not carry it (its `process` span would show a false `promoted` event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replayed_dead_letter_does_not_carry_its_old_promotion() {
+    let fx = Fixture::start().await;
+    let queue = "replayed";
+    let flags = ["--max-attempts", "2", "--retry-base-delay", "50ms", "--demo-latency-scale", "0"];
+    let worker = fx.spawn(fx.consumer(queue, "w", &flags), "w");
+    let job = enqueue(&fx, queue, "demo", &["--payload", r#"{"fail_until_attempt":9}"#]);
+    let mut conn = fx.conn();
+    wait_until(Duration::from_secs(20), "the job to die", || xlen(&mut conn, &keys(queue).dead) == 1);
+    assert_eq!(worker.terminate(), Some(0));
+    let dead = dead_entries(&mut conn, queue);
+    assert!(dead[0].contains_key("promoted_at"), "its last attempt came from the delayed set: {:?}", dead[0]);
+
+    ok(run(&fx, &["dead", "replay", "--queue", queue, "--all"]));
+    let entries = entries_text(&mut conn, &keys(queue).stream);
+    let replayed = entries.iter().rev().find(|e| e["id"] == job.job_id).expect("the replayed entry");
+    assert_eq!(replayed["attempt"], "1");
+    assert!(!replayed.contains_key("promoted_at"), "the replayed entry starts a new life: {replayed:?}");
+}
