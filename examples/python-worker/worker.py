@@ -236,7 +236,16 @@ def handle_demo(job, tracer, worker):
 
 
 def handle_noop(job, tracer, worker):
-    pass
+    """Records the run in the queue's `done` hash (job id -> runs), which then expires --retention-ms after this
+    write, in one MULTI, as the Rust `noop` does; a payload `{"record": false}` records nothing."""
+    if isinstance(job.payload, dict) and job.payload.get("record") is False:
+        return
+    done = f"{worker.stream}:done"
+    pipe = worker.conn.pipeline(transaction=True)
+    pipe.hincrby(done, job.id, 1)
+    if worker.args.retention_ms > 0:
+        pipe.pexpire(done, worker.args.retention_ms)
+    pipe.execute()
 
 
 HANDLERS = {"demo": handle_demo, "noop": handle_noop, "py-demo": handle_demo}
@@ -521,6 +530,8 @@ def main():
     ap.add_argument("--dead-maxlen", type=int, default=100_000, help="approximate cap on the dead stream's "
                     "length; 0 for none (default 100000)")
     ap.add_argument("--max-payload-bytes", type=int, default=1_048_576, help="a longer payload is undecodable")
+    ap.add_argument("--retention-ms", type=int, default=3_600_000, help="how long the `done` hash the noop kind "
+                    "writes lives after its last write; 0 keeps it")
     ap.add_argument("--lua-dir", default=env("JOBSTREAM_LUA_DIR", str(LUA_DIR)),
                     help="where settle.lua, promote_due.lua and renew_claims.lua are (default: jobstream's "
                     "shared/src/lua)")

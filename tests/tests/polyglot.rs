@@ -329,3 +329,31 @@ async fn a_failing_job_is_retried_then_dead_lettered_by_python_exactly_as_by_rus
     assert_eq!(again["dead.consumer"], "py-2");
     assert_eq!(again["dead.error"], format!("attempt 1 of 1: simulated_failure: {}", failed(1)));
 }
+
+/// The Python worker's `noop` records each run in the queue's `done` hash, as the Rust `noop` does, so a run can
+/// be checked for completeness whichever language ran it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_noop_records_its_runs_like_the_rust_one() {
+    let fx = Fixture::start().await;
+    let jobs = enqueue(fx.producer(), "py-noop", "noop", "{}", 3);
+    let quiet = enqueue(fx.producer(), "py-noop", "noop", r#"{"record":false}"#, 1);
+    let mut worker = python("worker.py", &fx.redis, &fx.sink, "python-worker")
+        .args(["--queue", "py-noop", "--count", "4"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut status = None;
+    wait_until(Duration::from_secs(60), "the Python worker to run 4 jobs and exit", || {
+        status = worker.try_wait().expect("wait for python3");
+        status.is_some()
+    });
+    assert!(status.unwrap().success());
+    let mut conn = fx.conn();
+    let done = done_counts(&mut conn, "py-noop");
+    assert_eq!(done.len(), 3, "{done:?}");
+    assert!(jobs.iter().all(|j| done.get(&j.job_id) == Some(&1)), "{done:?}");
+    assert!(!done.contains_key(&quiet[0].job_id), "record:false records nothing");
+    let ttl: i64 = redis::cmd("PTTL").arg(format!("{}:done", keys("py-noop").stream)).query(&mut conn).unwrap();
+    assert!((1..=3_600_000).contains(&ttl), "the done hash expires with the retention: {ttl}");
+}
