@@ -531,6 +531,21 @@ fn no_record(id: &crate::JobId) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("no record of job {id}"))
 }
 
+/// The status of job `id` in the first of `queues` that knows it.
+async fn find_status(
+    dashboard: &Dashboard,
+    queues: &[Queue],
+    group: &GroupName,
+    id: &crate::JobId,
+) -> Result<jobs::JobStatus, ApiError> {
+    for queue in queues {
+        if let Some(status) = jobs::show(&dashboard.pool, queue, group, id).await.map_err(ApiError::unavailable)? {
+            return Ok(status);
+        }
+    }
+    Err(no_record(id))
+}
+
 /// `GET /v1/jobs/{id}[?queue=Q][&group=G]`: `200` the job's status ([`jobs::JobStatus`], `state` at the top
 /// level), `404` when no queue has a record of it.
 pub(crate) async fn show_job(
@@ -539,12 +554,7 @@ pub(crate) async fn show_job(
     query: Result<Query<JobQuery>, QueryRejection>,
 ) -> Answer {
     let (queues, group, id) = job_target(&dashboard, &id, query).await?;
-    for queue in &queues {
-        if let Some(status) = jobs::show(&dashboard.pool, queue, &group, &id).await.map_err(ApiError::unavailable)? {
-            return Ok(Json(status).into_response());
-        }
-    }
-    Err(no_record(&id))
+    Ok(Json(find_status(&dashboard, &queues, &group, &id).await?).into_response())
 }
 
 /// `DELETE /v1/jobs/{id}[?queue=Q]`: cancels the job. `200 {"outcome": "cancelled"|"signalled"|"already", …}`
@@ -577,12 +587,8 @@ pub(crate) async fn job_result(
     query: Result<Query<JobQuery>, QueryRejection>,
 ) -> Answer {
     let (queues, group, id) = job_target(&dashboard, &id, query).await?;
-    for queue in &queues {
-        if let Some(stored) = jobs::result(&dashboard.pool, queue, &group, &id).await.map_err(ApiError::unavailable)? {
-            return Ok(Json(stored).into_response());
-        }
-    }
-    Err(no_record(&id))
+    let status = find_status(&dashboard, &queues, &group, &id).await?;
+    Ok(Json(jobs::StoredResult { state: status.state, result: status.result }).into_response())
 }
 
 /// `GET /ui/config.json`: what the UI needs to know: read-only, the trace link template, the group.
