@@ -1,6 +1,7 @@
-//! A real OTLP trace receiver, in process: it accepts `http/protobuf` export requests on `POST /v1/traces` and
-//! gRPC `TraceService/Export` calls, decodes them with the OpenTelemetry protobuf definitions, and keeps the
-//! spans. The demo uses it to print the span tree of a job when no collector is configured, and the tests use
+//! A real OTLP receiver, in process: it accepts `http/protobuf` export requests on `POST /v1/traces`,
+//! `/v1/metrics` and `/v1/logs` and the gRPC `TraceService`, `MetricsService` and `LogsService` `Export` calls,
+//! decodes them with the OpenTelemetry protobuf definitions, and keeps the spans, metric points and log records
+//! ([`received`]); [`shape`] checks the shape of the traces it received. The demo uses it to print the span tree of a job when no collector is configured, and the tests use
 //! it to check the spans a process really exported; the benchmarks count spans with it
 //! (`examples/otlp_counter.rs`). It binds loopback only.
 //!
@@ -12,6 +13,11 @@
 //! keeps the headers of every export request, so a test can see a client's CA check and its API-key header.
 
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+
+pub mod received;
+pub mod shape;
+
+pub use received::{ReceivedLog, ReceivedPoint, ReceivedSpan};
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -26,56 +32,23 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
-use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{MetricsService, MetricsServiceServer};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use prost::Message;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-/// One span as it arrived, flattened for assertions and printing.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReceivedSpan {
-    /// `service.name` of the exporting process.
-    pub service_name: String,
-    /// Trace id, lower-case hex.
-    pub trace_id: String,
-    /// Span id, lower-case hex.
-    pub span_id: String,
-    /// Parent span id, `None` for a root.
-    pub parent_span_id: Option<String>,
-    /// Span name.
-    pub name: String,
-    /// `server`, `client`, `producer`, `consumer`, `internal` or `unspecified`.
-    pub kind: &'static str,
-    /// Attributes, values rendered as text.
-    pub attributes: BTreeMap<String, String>,
-    /// `unset`, `ok` or `error`.
-    pub status: &'static str,
-    /// Status message, empty unless the span failed.
-    pub status_message: String,
-    /// Event names with their attributes.
-    pub events: Vec<(String, BTreeMap<String, String>)>,
-    /// Links as (trace id, span id).
-    pub links: Vec<(String, String)>,
-    /// Start time, unix ns.
-    pub start_ns: u64,
-    /// End time, unix ns.
-    pub end_ns: u64,
-}
-
-impl ReceivedSpan {
-    /// One attribute's value.
-    pub fn attr(&self, key: &str) -> Option<&str> {
-        self.attributes.get(key).map(String::as_str)
-    }
-}
-
-/// What the receiver keeps: every span, or (for benchmarks) only their number.
+/// What the receiver keeps: every span, metric point and log record, or (for benchmarks) only the number of
+/// spans.
 #[derive(Default)]
 struct Spans {
     kept: Mutex<Vec<ReceivedSpan>>,
+    points: Mutex<Vec<ReceivedPoint>>,
+    logs: Mutex<Vec<ReceivedLog>>,
     keep: bool,
     received: AtomicU64,
     /// The headers (gRPC metadata) of every export request, when spans are kept.
@@ -140,6 +113,8 @@ impl OtlpSink {
         let http = http_listener.local_addr()?;
         let app = axum::Router::new()
             .route("/v1/traces", axum::routing::post(http_export))
+            .route("/v1/metrics", axum::routing::post(http_export_metrics))
+            .route("/v1/logs", axum::routing::post(http_export_logs))
             .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(spans.clone());
         let token = stop.clone();
@@ -162,7 +137,10 @@ impl OtlpSink {
         let grpc = grpc_listener.local_addr()?;
         let service = TraceServiceServer::new(GrpcSink(spans.clone())).max_decoding_message_size(64 * 1024 * 1024);
         let token = stop.clone();
-        let server = tonic::transport::Server::builder().add_service(service);
+        let server = tonic::transport::Server::builder()
+            .add_service(service)
+            .add_service(MetricsServiceServer::new(GrpcSink(spans.clone())).max_decoding_message_size(64 * 1024 * 1024))
+            .add_service(LogsServiceServer::new(GrpcSink(spans.clone())).max_decoding_message_size(64 * 1024 * 1024));
         match acceptor(b"h2") {
             None => {
                 tokio::spawn(async move {
@@ -215,6 +193,37 @@ impl OtlpSink {
         self.spans.kept.lock().expect("span store poisoned").clone()
     }
 
+    /// Every metric data point received so far, in the order they arrived (a cumulative counter appears once per
+    /// export; the last is the current total).
+    pub fn points(&self) -> Vec<ReceivedPoint> {
+        self.spans.points.lock().expect("point store poisoned").clone()
+    }
+
+    /// Every log record received so far.
+    pub fn logs(&self) -> Vec<ReceivedLog> {
+        self.spans.logs.lock().expect("log store poisoned").clone()
+    }
+
+    /// Waits until `done` holds for the metric points received, polling every 20 ms; on time-out returns what
+    /// arrived.
+    pub async fn wait_for_points(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[ReceivedPoint]) -> bool,
+    ) -> Result<Vec<ReceivedPoint>, Vec<ReceivedPoint>> {
+        poll(timeout, || self.points(), done).await
+    }
+
+    /// Waits until `done` holds for the log records received, polling every 20 ms; on time-out returns what
+    /// arrived.
+    pub async fn wait_for_logs(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[ReceivedLog]) -> bool,
+    ) -> Result<Vec<ReceivedLog>, Vec<ReceivedLog>> {
+        poll(timeout, || self.logs(), done).await
+    }
+
     /// How many spans were received so far.
     pub fn received(&self) -> u64 {
         self.spans.received.load(Ordering::Relaxed)
@@ -226,17 +235,22 @@ impl OtlpSink {
         timeout: Duration,
         done: impl Fn(&[ReceivedSpan]) -> bool,
     ) -> Result<Vec<ReceivedSpan>, Vec<ReceivedSpan>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let spans = self.spans();
-            if done(&spans) {
-                return Ok(spans);
-            }
-            if Instant::now() >= deadline {
-                return Err(spans);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        poll(timeout, || self.spans(), done).await
+    }
+}
+
+/// Reads `read` every 20 ms until `done` holds for it or `timeout` passed.
+async fn poll<T>(timeout: Duration, read: impl Fn() -> Vec<T>, done: impl Fn(&[T]) -> bool) -> Result<Vec<T>, Vec<T>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let items = read();
+        if done(&items) {
+            return Ok(items);
         }
+        if Instant::now() >= deadline {
+            return Err(items);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -324,16 +338,39 @@ fn keep_headers(spans: &Store, headers: &HeaderMap) {
     spans.headers.lock().expect("header store poisoned").push(headers);
 }
 
-async fn http_export(State(spans): State<Store>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
-    keep_headers(&spans, &headers);
-    match ExportTraceServiceRequest::decode(body) {
+/// An OTLP/HTTP reply: 200 with the encoded response, or 400 when the body is not a request of `what`.
+fn reply<R: Message, A: Message>(decoded: Result<R, prost::DecodeError>, what: &str, keep: impl FnOnce(R) -> A) -> axum::response::Response {
+    match decoded {
         Ok(request) => {
-            store(&spans, request);
-            let reply = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
+            let reply = keep(request).encode_to_vec();
             (StatusCode::OK, [(header::CONTENT_TYPE, "application/x-protobuf")], reply).into_response()
         }
-        Err(e) => (StatusCode::BAD_REQUEST, format!("not an OTLP trace export request: {e}")).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("not an OTLP {what} export request: {e}")).into_response(),
     }
+}
+
+async fn http_export(State(spans): State<Store>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+    keep_headers(&spans, &headers);
+    reply(ExportTraceServiceRequest::decode(body), "trace", |request| {
+        store(&spans, request);
+        ExportTraceServiceResponse { partial_success: None }
+    })
+}
+
+async fn http_export_metrics(State(spans): State<Store>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+    keep_headers(&spans, &headers);
+    reply(ExportMetricsServiceRequest::decode(body), "metrics", |request| {
+        store_points(&spans, request);
+        ExportMetricsServiceResponse { partial_success: None }
+    })
+}
+
+async fn http_export_logs(State(spans): State<Store>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+    keep_headers(&spans, &headers);
+    reply(ExportLogsServiceRequest::decode(body), "logs", |request| {
+        store_logs(&spans, request);
+        ExportLogsServiceResponse { partial_success: None }
+    })
 }
 
 struct GrpcSink(Store);
@@ -350,72 +387,50 @@ impl TraceService for GrpcSink {
     }
 }
 
+#[tonic::async_trait]
+impl MetricsService for GrpcSink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        keep_headers(&self.0, &request.metadata().clone().into_headers());
+        store_points(&self.0, request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for GrpcSink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        keep_headers(&self.0, &request.metadata().clone().into_headers());
+        store_logs(&self.0, request.into_inner());
+        Ok(tonic::Response::new(ExportLogsServiceResponse { partial_success: None }))
+    }
+}
+
 fn store(spans: &Store, request: ExportTraceServiceRequest) {
-    let count: usize = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|scope| scope.spans.len()).sum();
-    spans.received.fetch_add(count as u64, Ordering::Relaxed);
-    if !spans.keep {
-        return;
+    spans.received.fetch_add(received::span_count(&request) as u64, Ordering::Relaxed);
+    if spans.keep {
+        let decoded = received::spans(request);
+        spans.kept.lock().expect("span store poisoned").extend(decoded);
     }
-    let mut out = Vec::with_capacity(count);
-    for resource_spans in request.resource_spans {
-        let resource = resource_spans.resource.map(|r| attributes(&r.attributes)).unwrap_or_default();
-        let service_name = resource.get("service.name").cloned().unwrap_or_default();
-        for scope in resource_spans.scope_spans {
-            for span in scope.spans {
-                let status = span.status.unwrap_or_default();
-                out.push(ReceivedSpan {
-                    service_name: service_name.clone(),
-                    trace_id: hex(&span.trace_id),
-                    span_id: hex(&span.span_id),
-                    parent_span_id: (!span.parent_span_id.is_empty()).then(|| hex(&span.parent_span_id)),
-                    name: span.name,
-                    kind: match span.kind {
-                        1 => "internal",
-                        2 => "server",
-                        3 => "client",
-                        4 => "producer",
-                        5 => "consumer",
-                        _ => "unspecified",
-                    },
-                    attributes: attributes(&span.attributes),
-                    status: match status.code {
-                        1 => "ok",
-                        2 => "error",
-                        _ => "unset",
-                    },
-                    status_message: status.message,
-                    events: span.events.iter().map(|e| (e.name.clone(), attributes(&e.attributes))).collect(),
-                    links: span.links.iter().map(|l| (hex(&l.trace_id), hex(&l.span_id))).collect(),
-                    start_ns: span.start_time_unix_nano,
-                    end_ns: span.end_time_unix_nano,
-                });
-            }
-        }
-    }
-    spans.kept.lock().expect("span store poisoned").extend(out);
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+fn store_points(spans: &Store, request: ExportMetricsServiceRequest) {
+    if spans.keep {
+        let decoded = received::points(request);
+        spans.points.lock().expect("point store poisoned").extend(decoded);
+    }
 }
 
-fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
-    kvs.iter()
-        .map(|kv| {
-            let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                Some(AnyValue::StringValue(s)) => s.clone(),
-                Some(AnyValue::BoolValue(b)) => b.to_string(),
-                Some(AnyValue::IntValue(i)) => i.to_string(),
-                Some(AnyValue::DoubleValue(d)) => d.to_string(),
-                Some(other) => format!("{other:?}"),
-                None => String::new(),
-            };
-            (kv.key.clone(), value)
-        })
-        .collect()
+fn store_logs(spans: &Store, request: ExportLogsServiceRequest) {
+    if spans.keep {
+        let decoded = received::logs(request);
+        spans.logs.lock().expect("log store poisoned").extend(decoded);
+    }
 }
 
 /// Renders one trace as an indented tree: name, kind, service, duration, status, ordered by start time.

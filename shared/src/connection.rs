@@ -8,6 +8,7 @@
 //! redis-rs gives multiplexed connections a 500 ms response time-out by default, which a blocking XREADGROUP
 //! outlives; the pool here sets one that fits the longest blocking read the caller makes.
 
+use std::sync::Arc;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -23,7 +24,29 @@ pub(crate) type PoolError = deadpool_redis::PoolError;
 /// A pool of connections to one Redis server or to a Redis Cluster, made by [`pool`]. Cheap to clone; every
 /// producer, worker and inspector of a process can share one.
 #[derive(Clone)]
-pub struct Pool(Pools);
+pub struct Pool(Pools, Option<Arc<ServerAddress>>);
+
+/// The Redis server a single-node pool talks to, as the spans' and metrics' `server.address` and
+/// `server.port` name it (the host as the URL gives it, no DNS lookup; a Unix socket's path with no port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerAddress {
+    /// Host name or IP address as written in the URL, or the socket path.
+    pub address: String,
+    /// TCP port; `None` for a Unix socket.
+    pub port: Option<u16>,
+}
+
+impl ServerAddress {
+    fn of(addr: &redis::ConnectionAddr) -> Option<Self> {
+        match addr {
+            redis::ConnectionAddr::Tcp(host, port) | redis::ConnectionAddr::TcpTls { host, port, .. } => {
+                Some(Self { address: host.clone(), port: Some(*port) })
+            }
+            redis::ConnectionAddr::Unix(path) => Some(Self { address: path.display().to_string(), port: None }),
+            _ => None,
+        }
+    }
+}
 
 #[derive(Clone)]
 enum Pools {
@@ -44,6 +67,11 @@ impl Pool {
             Pools::Single(pool) => pool.get().await.map(Connection::Single),
             Pools::Cluster(pool) => pool.get().await.map(Connection::Cluster),
         }
+    }
+
+    /// The server a single-node pool talks to; `None` for a Cluster, whose node differs from key to key.
+    pub fn server(&self) -> Option<&ServerAddress> {
+        self.1.as_deref()
     }
 
     /// Whether the pool talks to a Redis Cluster.
@@ -213,8 +241,10 @@ pub fn pool(url: &str, settings: &PoolSettings) -> Result<Pool, ConnectError> {
     if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
         install_tls_provider();
     }
+    let server = ServerAddress::of(info.addr()).map(Arc::new);
     let manager = Manager::new_with_config(info, config).map_err(invalid)?;
-    Ok(Pool(Pools::Single(
+    Ok(Pool(
+        Pools::Single(
         deadpool_redis::Pool::builder(manager)
             .max_size(settings.max_size)
             .runtime(Runtime::Tokio1)
@@ -222,7 +252,9 @@ pub fn pool(url: &str, settings: &PoolSettings) -> Result<Pool, ConnectError> {
             .create_timeout(Some(settings.connect_timeout))
             .build()
             .map_err(|e| ConnectError::Pool(e.to_string()))?,
-    )))
+        ),
+        server,
+    ))
 }
 
 fn cluster_pool(urls: &str, settings: &PoolSettings) -> Result<Pool, ConnectError> {
@@ -247,7 +279,7 @@ fn cluster_pool(urls: &str, settings: &PoolSettings) -> Result<Pool, ConnectErro
         .create_timeout(Some(settings.connect_timeout))
         .build()
         .map_err(|e| ConnectError::ClusterPool(e.to_string()))?;
-    Ok(Pool(Pools::Cluster(pool)))
+    Ok(Pool(Pools::Cluster(pool), None))
 }
 
 /// rustls needs a process-wide crypto provider; a second install (another pool) is refused harmlessly.

@@ -17,7 +17,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::connection::Pool;
 use opentelemetry::trace::{TraceContextExt, TraceId};
@@ -27,9 +27,11 @@ use crate::error::Error;
 use crate::job::{Job, JobError, JobId, JobKind, Payload};
 use crate::keys::{IdempotencyKey, Keys, QueueName};
 use crate::limits::Limits;
+use crate::messaging_metrics::MessagingMetrics;
 use crate::metrics::{JobLabels, Metrics, QueueLabels};
 use crate::partitions::PartitionRecord;
 use crate::queue::Queue;
+use crate::trace::endpoint::Endpoint;
 use crate::trace::{propagation, semconv, spans};
 use serde::Serialize;
 
@@ -69,7 +71,7 @@ pub const DEFAULT_LINK_THRESHOLD: Duration = Duration::from_secs(3600);
 pub struct Producer {
     pool: Pool,
     /// The queue's partitions; one for an unpartitioned queue.
-    partitions: Arc<[Keys]>,
+    partitions: Arc<[Partition]>,
     /// The queue's name (without a partition suffix), for span names and metric labels.
     queue: QueueName,
     limits: Limits,
@@ -84,6 +86,13 @@ pub struct Producer {
     link_threshold: Duration,
     /// Write each job's status record ([`crate::jobs`]) with its entry.
     job_records: bool,
+}
+
+/// One partition's keys, with the messaging attributes and metrics of the sends to it.
+struct Partition {
+    keys: Keys,
+    endpoint: Endpoint,
+    metrics: MessagingMetrics,
 }
 
 struct RecordCheck {
@@ -114,7 +123,14 @@ impl Producer {
     /// same partition. Before its first enqueue it checks (and, on a queue's first use, records) the queue's
     /// partition count in Redis. Payloads are limited to [`Limits::default`]; see [`Producer::with_limits`].
     pub fn new(pool: Pool, queue: &Queue) -> Self {
-        let partitions = queue.partition_keys();
+        let partitions: Vec<Partition> = queue
+            .partition_keys()
+            .into_iter()
+            .map(|keys| {
+                let endpoint = Endpoint::producer(&keys, pool.server());
+                Partition { metrics: MessagingMetrics::new(&endpoint), endpoint, keys }
+            })
+            .collect();
         let span_name = format!("send {queue}").into();
         let record = PartitionRecord::new(queue.prefix(), queue.name(), queue.partitions())
             .expect("the prefix was checked when the queue was made");
@@ -306,12 +322,12 @@ impl Producer {
     }
 
     /// Enqueues jobs on one partition in one pipelined round trip.
-    async fn send(&self, keys: &Keys, mut jobs: Vec<Job>) -> Result<Vec<Enqueued>, EnqueueError> {
-        let queue = keys.queue().as_str();
+    async fn send(&self, partition: &Partition, mut jobs: Vec<Job>) -> Result<Vec<Enqueued>, EnqueueError> {
+        let keys = &partition.keys;
         let mut spans = Vec::with_capacity(jobs.len());
         let mut pipe = redis::pipe();
         for job in &mut jobs {
-            let span = spans::send(&self.span_name, queue, job);
+            let span = spans::send(&self.span_name, &partition.endpoint, job);
             let cx = span.context();
             job.trace = propagation::inject(&cx)?;
             // A bare XADD: a waiting job needs no record, a lookup finds its entry by the time in its id.
@@ -325,21 +341,29 @@ impl Producer {
         }
         // Each XADD's own reply: when Redis refuses some (at maxmemory), the others were still written.
         pipe.ignore_errors();
+        let started = Instant::now();
         let replies: Result<Vec<redis::RedisResult<String>>, EnqueueError> = async {
             let mut conn = self.pool.get().await?;
             Ok(pipe.query_async(&mut conn).await?)
         }
         .await;
+        let took = started.elapsed();
         let replies = match replies {
             Ok(replies) => replies,
             Err(e) => {
                 for (span, _) in &spans {
-                    spans::record_error(span, error_type(&e), &e.to_string());
+                    send_failed(span, error_type(&e), &e.to_string());
                 }
+                partition.metrics.sent(jobs.len() as u64, took, Some(error_type(&e)));
                 self.count_error();
                 return Err(e);
             }
         };
+        let refused = replies.iter().filter(|reply| reply.is_err()).count() as u64;
+        partition.metrics.sent(jobs.len() as u64 - refused, took, None);
+        if refused > 0 {
+            partition.metrics.sent(refused, Duration::ZERO, Some("redis_error"));
+        }
         let mut enqueued = Vec::with_capacity(jobs.len());
         let mut failed = 0;
         let mut first_error = None;
@@ -357,7 +381,7 @@ impl Producer {
                     });
                 }
                 Err(e) => {
-                    spans::record_error(&span, "redis_error", &e.to_string());
+                    send_failed(&span, "redis_error", &e.to_string());
                     failed += 1;
                     first_error.get_or_insert(e);
                 }
@@ -387,8 +411,9 @@ impl Producer {
             self.count_error();
             return Err(e);
         }
-        let keys = &self.partitions[fnv1a(key.as_str().as_bytes()) as usize % self.partitions.len()];
-        let span = spans::send(&self.span_name, keys.queue().as_str(), &job);
+        let partition = &self.partitions[fnv1a(key.as_str().as_bytes()) as usize % self.partitions.len()];
+        let keys = &partition.keys;
+        let span = spans::send(&self.span_name, &partition.endpoint, &job);
         let cx = span.context();
         job.trace = propagation::inject(&cx)?;
         let trace_id = cx.span().span_context().trace_id();
@@ -401,24 +426,31 @@ impl Producer {
         for (name, value) in job.to_fields() {
             invocation.arg(name).arg(value);
         }
+        let started = Instant::now();
         let result: Result<(i64, String, String), EnqueueError> = async {
             let mut conn = self.pool.get().await?;
             Ok(invocation.invoke_async(&mut conn).await?)
         }
         .await;
         match &result {
-            Ok((1, _, _)) => self.count_enqueued(&job.kind),
+            Ok((1, _, _)) => {
+                self.count_enqueued(&job.kind);
+                partition.metrics.sent(1, started.elapsed(), None);
+            }
             Ok(_) => {}
-            Err(_) => self.count_error(),
+            Err(e) => {
+                self.count_error();
+                partition.metrics.sent(1, started.elapsed(), Some(error_type(e)));
+            }
         }
         let (created, record, message_id) = result.inspect_err(|e| {
-            spans::record_error(&span, error_type(e), &e.to_string());
+            send_failed(&span, error_type(e), &e.to_string());
         })?;
         let (job_id, trace) = record.split_once(' ').unwrap_or((record.as_str(), ""));
         if created < 0 {
             let e =
                 EnqueueError::IdempotencyConflict { key: key.clone(), job_id: JobId::parse(job_id).unwrap_or(job.id) };
-            spans::record_error(&span, error_type(&e), &e.to_string());
+            send_failed(&span, error_type(&e), &e.to_string());
             return Err(e);
         }
         let duplicate = created == 0;
@@ -482,12 +514,13 @@ impl Producer {
             self.count_error();
             return Err(e);
         }
-        let keys = &self.partitions[job.id.partition(self.partitions.len())];
+        let partition = &self.partitions[job.id.partition(self.partitions.len())];
+        let keys = &partition.keys;
         let linked = Duration::from_millis(due_ms - now_ms) > self.link_threshold;
         if linked {
             job.extra.insert(crate::job::field::TRACE_MODE.to_owned(), crate::job::field::TRACE_MODE_LINK.to_owned());
         }
-        let span = spans::send(&self.span_name, keys.queue().as_str(), &job);
+        let span = spans::send(&self.span_name, &partition.endpoint, &job);
         spans::scheduled(&span, due_ms, linked);
         let cx = span.context();
         job.trace = propagation::inject(&cx)?;
@@ -517,16 +550,19 @@ impl Producer {
             pipe.add_command(hset).ignore();
             pipe.cmd("PERSIST").arg(&record).ignore();
         }
+        let started = Instant::now();
         let result: Result<(), EnqueueError> = async {
             let mut conn = self.pool.get().await?;
             Ok(pipe.query_async(&mut conn).await?)
         }
         .await;
         if let Err(e) = result {
-            spans::record_error(&span, error_type(&e), &e.to_string());
+            send_failed(&span, error_type(&e), &e.to_string());
+            partition.metrics.sent(1, started.elapsed(), Some(error_type(&e)));
             self.count_error();
             return Err(e);
         }
+        partition.metrics.sent(1, started.elapsed(), None);
         self.count_enqueued(&job.kind);
         Ok(Enqueued {
             job_id: job.id,
@@ -555,6 +591,12 @@ fn fingerprint(job: &Job) -> String {
 /// FNV-1a: a hash every producer computes alike, whatever its version, so a key always picks one partition.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Marks a `send` span failed: `error.type`, an error status and the `messaging.send.exception` event.
+fn send_failed(span: &tracing::Span, error_type: &str, message: &str) {
+    spans::record_error(span, error_type, message);
+    spans::exception(span, spans::Operation::Send, error_type, message);
 }
 
 fn error_type(e: &EnqueueError) -> &'static str {

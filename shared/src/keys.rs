@@ -152,6 +152,8 @@ text_name!(IdempotencyKey, NameError);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     queue: QueueName,
+    /// The queue these are a partition of, and which one; `None` for an unpartitioned queue.
+    partition: Option<(QueueName, u32)>,
     prefix: String,
     /// `<prefix>:{Q}`: the stream of jobs waiting or in flight.
     pub stream: String,
@@ -185,6 +187,7 @@ impl Keys {
         let base = format!("{prefix}:{{{queue}}}");
         Ok(Self {
             queue: queue.clone(),
+            partition: None,
             prefix: prefix.clone(),
             dead: format!("{base}:dead"),
             delayed: format!("{base}:delayed"),
@@ -211,6 +214,7 @@ impl Keys {
                 let mut keys = Self::new(prefix, &QueueName::parse(&format!("{queue}:{i}"))?)?;
                 keys.paused.clone_from(&base.paused);
                 keys.cancels.clone_from(&base.cancels);
+                keys.partition = Some((queue.clone(), i));
                 Ok(keys)
             })
             .collect()
@@ -219,6 +223,18 @@ impl Keys {
     /// The queue these keys belong to.
     pub fn queue(&self) -> &QueueName {
         &self.queue
+    }
+
+    /// The queue as users name it: [`Keys::queue`] for an unpartitioned queue, the queue whose partition these
+    /// keys are otherwise (`orders` for `orders:3`). Span names and `messaging.destination.name` use it, so
+    /// they stay one value per queue.
+    pub fn base_queue(&self) -> &QueueName {
+        self.partition.as_ref().map_or(&self.queue, |(base, _)| base)
+    }
+
+    /// Which partition of [`Keys::base_queue`] these keys are; `None` for an unpartitioned queue.
+    pub fn partition(&self) -> Option<u32> {
+        self.partition.as_ref().map(|(_, i)| *i)
     }
 
     /// The key prefix.

@@ -64,6 +64,7 @@ pub mod keys;
 pub mod kinds;
 pub mod limits;
 pub mod loadprobe;
+pub(crate) mod messaging_metrics;
 pub mod metrics;
 pub mod partitions;
 pub mod pause;

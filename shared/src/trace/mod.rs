@@ -16,6 +16,7 @@
 //! - `settle` (an event on the `process` span): how the attempt was settled, `ack`, `retry` (with the delay and
 //!   the next attempt's number) or `dead`; written only once Redis has made the move.
 
+pub(crate) mod endpoint;
 pub mod propagation;
 pub mod semconv;
 pub(crate) mod spans;

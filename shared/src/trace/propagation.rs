@@ -255,6 +255,25 @@ pub fn extract(headers: &TraceHeaders) -> (Context, ContextStatus) {
     }
 }
 
+/// The span context in a `traceparent` value alone (no `tracestate`, no baggage): what a link to a message's
+/// creation context needs. `None` when it is not a valid context.
+pub(crate) fn span_context_of(traceparent: &[u8]) -> Option<opentelemetry::trace::SpanContext> {
+    struct One<'a>(&'a str);
+    impl Extractor for One<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            (key == field::TRACEPARENT).then_some(self.0)
+        }
+        fn keys(&self) -> Vec<&str> {
+            vec![field::TRACEPARENT]
+        }
+    }
+    static TRACE_CONTEXT: LazyLock<TraceContextPropagator> = LazyLock::new(TraceContextPropagator::new);
+    let value = std::str::from_utf8(traceparent).ok()?;
+    let cx = TRACE_CONTEXT.extract(&One(value));
+    let span_context = cx.span().span_context().clone();
+    span_context.is_valid().then_some(span_context)
+}
+
 /// Records on `span`, as [`semconv::TRACE_CONTEXT_TRUNCATED`], which trace fields [`extract`] cut to the W3C
 /// sizes before continuing the context of these headers; nothing when it cut none.
 pub fn record_truncation(span: &tracing::Span, headers: &TraceHeaders) {

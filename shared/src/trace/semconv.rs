@@ -66,3 +66,19 @@ pub const JOB_PROMOTED_AT: &str = "jobstream.job.promoted_at";
 pub const QUEUE_PAUSED_MS: &str = "jobstream.queue.paused_ms";
 /// Event `cancelled`: whether the handler had started (`true`) or the job was stopped before it ran.
 pub const CANCEL_STARTED: &str = "jobstream.cancel.started";
+/// The version of the OpenTelemetry semantic conventions the spans and metrics follow (`docs/design.md`).
+pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.44.0";
+/// `messaging.destination.partition.id`: the partition of a partitioned queue (`0` … `n-1`).
+pub const MESSAGING_DESTINATION_PARTITION_ID: &str = "messaging.destination.partition.id";
+/// `messaging.batch.message_count`: on a span that settles or receives more than one message.
+pub const MESSAGING_BATCH_MESSAGE_COUNT: &str = "messaging.batch.message_count";
+/// `messaging.message.body.size`: the payload's size in bytes.
+pub const MESSAGING_MESSAGE_BODY_SIZE: &str = "messaging.message.body.size";
+/// `server.address`: the Redis server's host as configured (absent on a Cluster).
+pub const SERVER_ADDRESS: &str = "server.address";
+/// `server.port`: the Redis server's port.
+pub const SERVER_PORT: &str = "server.port";
+/// `exception.type`, on a `messaging.*.exception` event.
+pub const EXCEPTION_TYPE: &str = "exception.type";
+/// `exception.message`, on a `messaging.*.exception` event.
+pub const EXCEPTION_MESSAGE: &str = "exception.message";

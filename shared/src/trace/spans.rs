@@ -1,21 +1,26 @@
 //! The span shapes of [`super`]: each built by one function here, so a name or an attribute changes in one place.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use opentelemetry::trace::{Status, TraceContextExt};
-use opentelemetry::KeyValue;
+use opentelemetry::trace::{
+    Link, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
 use tracing::field::Empty;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::endpoint::Endpoint;
 use super::propagation::{self, ContextStatus, TraceHeaders};
 use super::semconv;
 use crate::job::Job;
+use crate::messaging_metrics::Settlement;
 use crate::stream::Delivery;
 use crate::worker::TraceMode;
 
-/// The `send <Q>` span of one job put on queue `queue`; `name` is `send <Q>`, made once by the producer.
-pub(crate) fn send(name: &str, queue: &str, job: &Job) -> Span {
+/// The `send <Q>` span of one job put on the queue at `endpoint`; `name` is `send <Q>`, made once by the
+/// producer.
+pub(crate) fn send(name: &str, endpoint: &Endpoint, job: &Job) -> Span {
     tracing::info_span!(
         "send",
         otel.name = name,
@@ -23,8 +28,12 @@ pub(crate) fn send(name: &str, queue: &str, job: &Job) -> Span {
         messaging.system = semconv::MESSAGING_SYSTEM_REDIS,
         messaging.operation.type = "send",
         messaging.operation.name = "send",
-        messaging.destination.name = queue,
+        messaging.destination.name = &*endpoint.queue,
+        messaging.destination.partition.id = endpoint.partition.as_deref(),
         messaging.message.id = Empty,
+        messaging.message.body.size = job.payload.as_str().len(),
+        server.address = endpoint.server_address(),
+        server.port = endpoint.server_port(),
         jobstream.job.id = %job.id,
         jobstream.job.kind = job.kind.as_str(),
         jobstream.job.attempt = job.attempt,
@@ -69,18 +78,16 @@ pub(crate) fn replay(queue: &str, job: &Job, dead_id: &str, old_trace: &TraceHea
     span
 }
 
-/// What a consumer's `process` spans share: the span name (`process <Q>`, made once), the queue, the group
-/// and the consumer's name.
+/// What a consumer's `process` spans share: the span name (`process <Q>`, made once) and where they run.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Consumer<'a> {
     pub(crate) span_name: &'a str,
-    pub(crate) queue: &'a str,
-    pub(crate) group: &'a str,
-    pub(crate) consumer: &'a str,
+    pub(crate) endpoint: &'a Endpoint,
 }
 
 /// The `process <Q>` span of one attempt at `delivery`; `job` is `None` when the entry did not decode.
 pub(crate) fn process(consumer: Consumer<'_>, delivery: &Delivery, job: Option<&Job>) -> Span {
+    let endpoint = consumer.endpoint;
     // Values are recorded at creation (an absent `Option` records nothing): each later `record` costs a
     // lookup in the subscriber, per job.
     let job_id = job.map(|j| j.id.to_string());
@@ -91,10 +98,14 @@ pub(crate) fn process(consumer: Consumer<'_>, delivery: &Delivery, job: Option<&
         messaging.system = semconv::MESSAGING_SYSTEM_REDIS,
         messaging.operation.type = "process",
         messaging.operation.name = "process",
-        messaging.destination.name = consumer.queue,
+        messaging.destination.name = &*endpoint.queue,
+        messaging.destination.partition.id = endpoint.partition.as_deref(),
         messaging.message.id = delivery.message_id.as_str(),
-        messaging.consumer.group.name = consumer.group,
-        messaging.client.id = consumer.consumer,
+        messaging.message.body.size = job.map(|j| j.payload.as_str().len()),
+        messaging.consumer.group.name = endpoint.group.as_deref(),
+        messaging.client.id = endpoint.consumer.as_deref(),
+        server.address = endpoint.server_address(),
+        server.port = endpoint.server_port(),
         jobstream.delivery.count = delivery.delivery_count,
         jobstream.reclaimed_from = delivery.reclaimed_from.as_ref().map(|(owner, _)| owner.as_str()),
         jobstream.reclaimed_idle_ms = delivery.reclaimed_from.as_ref().map(|(_, idle_ms)| *idle_ms),
@@ -134,6 +145,204 @@ pub(crate) fn continue_trace(span: &Span, trace: &TraceHeaders, mode: TraceMode,
 pub(crate) fn record_error(span: &Span, error_type: &str, message: &str) {
     span.record(semconv::ERROR_TYPE, error_type);
     span.set_status(Status::error(message.to_owned()));
+}
+
+/// Which operation failed, as the name of its `messaging.<operation>.exception` event says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Operation {
+    /// XADD (or the enqueue script) of a `send` span.
+    Send,
+    /// A handler's run, in its `process` span.
+    Process,
+    /// An acknowledgement, retry or dead-letter move.
+    Settle,
+}
+
+/// Records the `messaging.<operation>.exception` event of the conventions (v1.44, "messaging exceptions"): a log
+/// record in `span`'s context with `exception.type` and `exception.message` (ERROR for a process failure, WARN
+/// otherwise), which the trace layer also adds to `span` as a span event of that name. It carries no message
+/// field, so that the span event keeps the convention's name; the log line's fields say it.
+pub(crate) fn exception(span: &Span, operation: Operation, exception_type: &str, message: &str) {
+    // Event names are static: one `event!` per name. The field names hold a dot and a reserved word, so they are
+    // given as the constants' values.
+    macro_rules! exception_event {
+        ($name:literal, $level:expr) => {
+            tracing::event!(
+                name: $name,
+                parent: span,
+                $level,
+                { semconv::EXCEPTION_TYPE } = exception_type,
+                { semconv::EXCEPTION_MESSAGE } = message,
+            )
+        };
+    }
+    match operation {
+        Operation::Process => exception_event!("messaging.process.exception", tracing::Level::ERROR),
+        Operation::Send => exception_event!("messaging.send.exception", tracing::Level::WARN),
+        Operation::Settle => exception_event!("messaging.settle.exception", tracing::Level::WARN),
+    }
+}
+
+/// The span of one retry or dead-letter move of the message `message_id`: a CLIENT `retry <Q>` or
+/// `dead_letter <Q>` span, child of the attempt's `process` span (one message: no batch count).
+pub(crate) fn settle_move(process: &Span, endpoint: &Endpoint, how: Settlement, message_id: &str) -> Span {
+    let name = format!("{} {}", how.name(), endpoint.queue);
+    tracing::info_span!(
+        parent: process,
+        "settle",
+        otel.name = name,
+        otel.kind = "client",
+        messaging.system = semconv::MESSAGING_SYSTEM_REDIS,
+        messaging.operation.type = "settle",
+        messaging.operation.name = how.name(),
+        messaging.destination.name = &*endpoint.queue,
+        messaging.destination.partition.id = endpoint.partition.as_deref(),
+        messaging.message.id = message_id,
+        messaging.consumer.group.name = endpoint.group.as_deref(),
+        messaging.client.id = endpoint.consumer.as_deref(),
+        server.address = endpoint.server_address(),
+        server.port = endpoint.server_port(),
+        error.type = Empty,
+    )
+}
+
+/// Spans made with the OpenTelemetry API directly, for operations on many messages at once (a read, an
+/// acknowledgement batch): each is a new root with a link to each message's span, so they are made only when one
+/// of those is sampled.
+pub(crate) struct BatchSpans {
+    tracer: opentelemetry::global::BoxedTracer,
+    endpoint: Endpoint,
+    receive_name: String,
+    ack_name: String,
+}
+
+impl std::fmt::Debug for BatchSpans {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchSpans").field("endpoint", &self.endpoint).finish_non_exhaustive()
+    }
+}
+
+/// Most links one batch span carries: the SDK's default limit (128, `OTEL_SPAN_LINK_COUNT_LIMIT`) would drop
+/// the rest, so the provider jobstream installs allows this many ([`crate::telemetry`]), as many as one XACK
+/// acknowledges.
+pub(crate) const MAX_BATCH_LINKS: usize = 1024;
+
+/// One batch operation's outcome and times, for [`BatchSpans`].
+#[derive(Debug)]
+pub(crate) struct BatchOperation<'a> {
+    pub(crate) start: SystemTime,
+    pub(crate) end: SystemTime,
+    /// `(error.type, message)` when it failed.
+    pub(crate) error: Option<(&'a str, &'a str)>,
+}
+
+impl BatchSpans {
+    /// Batch spans of the partition at `endpoint`, from the global tracer provider.
+    pub(crate) fn new(endpoint: Endpoint) -> Self {
+        let scope = InstrumentationScope::builder("jobstream")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .with_schema_url(semconv::SCHEMA_URL)
+            .build();
+        let tracer = opentelemetry::global::tracer_provider().tracer_with_scope(scope);
+        let receive_name = format!("receive {}", endpoint.queue);
+        let ack_name = format!("ack {}", endpoint.queue);
+        Self { tracer, endpoint, receive_name, ack_name }
+    }
+
+    /// The `ack <Q>` CLIENT span of one XACK of `messages` (each the `process` span that settled it, with its
+    /// entry id), linking to each; nothing when none of them is sampled.
+    pub(crate) fn ack<'m>(
+        &self,
+        messages: impl ExactSizeIterator<Item = (&'m SpanContext, &'m str)> + Clone,
+        operation: BatchOperation<'_>,
+    ) {
+        self.batch(&self.ack_name, "settle", Settlement::Ack.name(), messages, operation);
+    }
+
+    /// The `receive <Q>` CLIENT span of one XREADGROUP (or take-over) that delivered `messages` (each the
+    /// creation context its entry carries, with its entry id), linking to each; a failed read (no messages) is
+    /// always recorded.
+    pub(crate) fn receive<'m>(
+        &self,
+        messages: impl ExactSizeIterator<Item = (&'m SpanContext, &'m str)> + Clone,
+        operation: BatchOperation<'_>,
+    ) {
+        self.batch(&self.receive_name, "receive", "receive", messages, operation);
+    }
+
+    fn batch<'m>(
+        &self,
+        name: &str,
+        operation_type: &'static str,
+        operation_name: &'static str,
+        messages: impl ExactSizeIterator<Item = (&'m SpanContext, &'m str)> + Clone,
+        operation: BatchOperation<'_>,
+    ) {
+        let count = messages.len();
+        if operation.error.is_none() && !messages.clone().any(|(cx, _)| cx.is_sampled()) {
+            return;
+        }
+        let endpoint = &self.endpoint;
+        let mut attributes = vec![
+            KeyValue::new(semconv::MESSAGING_SYSTEM, semconv::MESSAGING_SYSTEM_REDIS),
+            KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, operation_type),
+            KeyValue::new(semconv::MESSAGING_OPERATION_NAME, operation_name),
+            KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, endpoint.queue.to_string()),
+        ];
+        if let Some(partition) = &endpoint.partition {
+            attributes.push(KeyValue::new(semconv::MESSAGING_DESTINATION_PARTITION_ID, partition.to_string()));
+        }
+        if let Some(group) = &endpoint.group {
+            attributes.push(KeyValue::new(semconv::MESSAGING_CONSUMER_GROUP_NAME, group.to_string()));
+        }
+        if let Some(consumer) = &endpoint.consumer {
+            attributes.push(KeyValue::new(semconv::MESSAGING_CLIENT_ID, consumer.to_string()));
+        }
+        endpoint.push_server(&mut attributes);
+        match count {
+            1 => {
+                let (_, id) = messages.clone().next().expect("one message");
+                attributes.push(KeyValue::new(semconv::MESSAGING_MESSAGE_ID, id.to_owned()));
+            }
+            0 => {}
+            n => attributes.push(KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, n as i64)),
+        }
+        if let Some((error_type, _)) = operation.error {
+            attributes.push(KeyValue::new(semconv::ERROR_TYPE, error_type.to_owned()));
+        }
+        let links = messages
+            .filter(|(cx, _)| cx.is_valid())
+            .take(MAX_BATCH_LINKS)
+            .map(|(cx, id)| {
+                let mut link = Link::with_context(cx.clone());
+                link.attributes.push(KeyValue::new(semconv::MESSAGING_MESSAGE_ID, id.to_owned()));
+                link
+            })
+            .collect();
+        let mut span = self
+            .tracer
+            .span_builder(name.to_owned())
+            .with_kind(SpanKind::Client)
+            .with_start_time(operation.start)
+            .with_attributes(attributes)
+            .with_links(links)
+            .start(&self.tracer);
+        // A failed batch operation's exception is a span event only: the caller logs a run of failures once
+        // (a read retried through an outage would otherwise log a line per retry).
+        if let Some((error_type, message)) = operation.error {
+            use opentelemetry::trace::Span as _;
+            let event = format!("messaging.{operation_type}.exception");
+            span.add_event(
+                event,
+                vec![
+                    KeyValue::new(semconv::EXCEPTION_TYPE, error_type.to_owned()),
+                    KeyValue::new(semconv::EXCEPTION_MESSAGE, message.to_owned()),
+                ],
+            );
+            span.set_status(Status::error(message.to_owned()));
+        }
+        opentelemetry::trace::Span::end_with_timestamp(&mut span, operation.end);
+    }
 }
 
 /// How an attempt was settled, as its `settle` event says.

@@ -4,7 +4,9 @@
 //! pending and are redelivered (at-least-once).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::trace::SpanContext;
 
 use crate::connection::Pool;
 use tokio::sync::mpsc;
@@ -13,7 +15,11 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::keys::{GroupName, Keys};
 use crate::loadprobe::{Mark, Probes};
+use crate::messaging_metrics::{MessagingMetrics, Settlement};
 use crate::stream;
+use crate::trace::spans::{BatchOperation, BatchSpans};
+
+use super::Shared;
 
 /// Most ids in one XACK.
 const MAX_BATCH: usize = 1024;
@@ -32,43 +38,68 @@ pub(crate) struct RecordUpdate {
 /// and made again in between needs it).
 const EXPIRE_AGAIN: Duration = Duration::from_secs(60);
 
-/// One acknowledgement: the entry id, the job's load-test mark, and its record's update.
-type Ack = (String, Option<Mark>, Option<RecordUpdate>);
+/// One acknowledgement.
+#[derive(Debug)]
+pub(crate) struct Ack {
+    /// The entry id.
+    pub(crate) id: String,
+    /// The job's load-test mark.
+    pub(crate) mark: Option<Mark>,
+    /// Its final record, sent in the same round trip as the XACK.
+    pub(crate) record: Option<RecordUpdate>,
+    /// The attempt's `process` span, which the `ack` span links to.
+    pub(crate) process: SpanContext,
+}
 
 /// Sends ids of successful jobs to the acknowledging task.
 #[derive(Clone)]
 pub(crate) struct AckSender(mpsc::UnboundedSender<Ack>);
 
 impl AckSender {
-    /// Queues one id for acknowledgement, with the job's load-test mark if it has one and the update of its
-    /// status record (sent in the same round trip as the XACK). Fails only after the acker stopped.
-    pub(crate) fn send(&self, id: String, mark: Option<Mark>, record: Option<RecordUpdate>) -> bool {
-        self.0.send((id, mark, record)).is_ok()
+    /// Queues one entry for acknowledgement. Fails only after the acker stopped.
+    pub(crate) fn send(&self, ack: Ack) -> bool {
+        self.0.send(ack).is_ok()
     }
 }
 
 /// Starts the acknowledging task. It ends when every [`AckSender`] is dropped and all ids are sent, or when
 /// `give_up` is cancelled while Redis is unreachable.
-pub(crate) fn spawn(
-    pool: Pool,
-    keys: Keys,
-    group: GroupName,
-    probes: Arc<Probes>,
-    give_up: CancellationToken,
-) -> (AckSender, tokio::task::JoinHandle<u64>) {
+pub(crate) fn spawn(shared: &Shared, give_up: CancellationToken) -> (AckSender, tokio::task::JoinHandle<u64>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run(pool, keys, group, probes, rx, give_up));
+    let acker = Acker {
+        pool: shared.pool.clone(),
+        keys: shared.keys.clone(),
+        group: shared.config.group.clone(),
+        probes: shared.probes.clone(),
+        spans: shared.batch_spans.clone(),
+        metrics: shared.messaging.clone(),
+    };
+    let task = tokio::spawn(run(acker, rx, give_up));
     (AckSender(tx), task)
 }
 
-async fn run(
+/// What the acknowledging task needs of its partition's worker.
+struct Acker {
     pool: Pool,
     keys: Keys,
     group: GroupName,
     probes: Arc<Probes>,
-    mut rx: mpsc::UnboundedReceiver<Ack>,
-    give_up: CancellationToken,
-) -> u64 {
+    spans: Arc<BatchSpans>,
+    metrics: MessagingMetrics,
+}
+
+impl Acker {
+    /// Records one XACK round trip: its `ack` span (linking to each job's `process` span) and its duration.
+    fn record(&self, batch: &[Ack], start: SystemTime, took: std::time::Duration, error: Option<&str>) {
+        let messages = batch.iter().map(|ack| (&ack.process, ack.id.as_str()));
+        let error = error.map(|message| ("redis_error", message));
+        self.spans.ack(messages, BatchOperation { start, end: start + took, error });
+        self.metrics.settled(Settlement::Ack, took, error.map(|(t, _)| t));
+    }
+}
+
+async fn run(acker: Acker, mut rx: mpsc::UnboundedReceiver<Ack>, give_up: CancellationToken) -> u64 {
+    let Acker { pool, keys, group, probes, .. } = &acker;
     let mut batch: Vec<Ack> = Vec::with_capacity(MAX_BATCH);
     // The hourly hash whose expiry was last sent, and when.
     let mut expired: Option<(String, std::time::Instant)> = None;
@@ -76,16 +107,17 @@ async fn run(
     let mut unsent = 0;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         loop {
-            let ids: Vec<&str> = batch.iter().map(|(id, _, _)| id.as_str()).collect();
+            let ids: Vec<&str> = batch.iter().map(|ack| ack.id.as_str()).collect();
+            let (start, started) = (SystemTime::now(), std::time::Instant::now());
             let sent = async {
                 let mut conn = pool.get().await.map_err(|e| e.to_string())?;
                 let mut pipe = redis::pipe();
-                pipe.add_command(stream::ack_cmd(&keys, &group, &ids));
+                pipe.add_command(stream::ack_cmd(keys, group, &ids));
                 // The final records follow the XACK in the same round trip, one HSET per hourly hash (almost
                 // always one per batch); one refused (Redis full) never holds the acknowledgement back: a lookup
                 // then finds the entry acknowledged and says done.
                 let mut hashes: Vec<(&str, u64, redis::Cmd)> = Vec::new();
-                for record in batch.iter().filter_map(|(_, _, record)| record.as_ref()) {
+                for record in batch.iter().filter_map(|ack| ack.record.as_ref()) {
                     let at = match hashes.iter().position(|(key, ..)| *key == record.key) {
                         Some(at) => at,
                         None => {
@@ -112,6 +144,7 @@ async fn run(
                 replies.pop().unwrap_or(Ok(0)).map_err(|e| e.to_string())
             }
             .await;
+            acker.record(&batch, start, started.elapsed(), sent.as_ref().err().map(String::as_str));
             match sent {
                 Ok(acked) => {
                     if acked < batch.len() as u64 {
@@ -124,7 +157,7 @@ async fn run(
                         );
                     }
                     backoff.reset();
-                    probes.acked(batch.iter().filter_map(|(_, mark, _)| mark.as_ref()));
+                    probes.acked(batch.iter().filter_map(|ack| ack.mark.as_ref()));
                     batch.clear();
                     break;
                 }

@@ -216,7 +216,7 @@ async fn run_handler(shared: &Shared, job: Job, span: &tracing::Span, mark: Opti
         hot.processing.observe(started.elapsed().as_secs_f64());
         hot.queue_wait.observe(wait.as_secs_f64());
     }
-    match result {
+    let outcome = match result {
         Some(Ok(Ok(()))) => Outcome::Succeeded,
         // Cancelled: the future was dropped, or the handler saw the token and returned its own error first.
         _ if context.is_cancel_requested() => Outcome::Cancelled { started: true },
@@ -228,7 +228,14 @@ async fn run_handler(shared: &Shared, job: Job, span: &tracing::Span, mark: Opti
             let message = format!("handler panicked: {}", crate::handler::panic_message(&*panic));
             Outcome::Failed { failure: JobFailure::new("panic", message), kind: kind.as_str().to_owned(), attempt }
         }
-    }
+    };
+    let error_type = match &outcome {
+        Outcome::Failed { failure, .. } => Some(failure.error_type.as_str()),
+        Outcome::Cancelled { .. } => Some("cancelled"),
+        _ => None,
+    };
+    shared.messaging.processed(started.elapsed(), error_type);
+    outcome
 }
 
 /// The trace fields of an entry that did not decode, so its `process` span still joins the producer's trace.

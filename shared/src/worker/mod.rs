@@ -32,6 +32,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::messaging_metrics::MessagingMetrics;
+use crate::trace::endpoint::Endpoint;
+use crate::trace::spans::BatchSpans;
 use crate::connection::Pool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -233,6 +236,12 @@ pub(crate) struct Shared {
     pub(crate) hot: HotMetrics,
     /// `process <Q>`, made once.
     pub(crate) process_span_name: String,
+    /// The messaging attributes of this partition's spans and metric points.
+    pub(crate) endpoint: Endpoint,
+    /// The OpenTelemetry messaging metrics.
+    pub(crate) messaging: MessagingMetrics,
+    /// The `receive` and `ack` spans.
+    pub(crate) batch_spans: Arc<BatchSpans>,
     /// Whether the queue is paused, as last read by the process's pause watch.
     pub(crate) pause: pause::PauseState,
     /// Cancel requests and running attempts, shared by the process's partitions and its pause watch.
@@ -248,12 +257,7 @@ pub(crate) struct HotMetrics {
 impl Shared {
     /// What every `process` span of this worker shares.
     pub(crate) fn span_consumer(&self) -> crate::trace::spans::Consumer<'_> {
-        crate::trace::spans::Consumer {
-            span_name: &self.process_span_name,
-            queue: self.keys.queue().as_str(),
-            group: self.config.group.as_str(),
-            consumer: &self.config.consumer,
-        }
+        crate::trace::spans::Consumer { span_name: &self.process_span_name, endpoint: &self.endpoint }
     }
 }
 
@@ -399,9 +403,13 @@ impl PartitionWorker {
     pub(crate) fn new(pool: Pool, keys: Keys, handlers: Handlers, config: WorkerConfig) -> Self {
         let metrics = Arc::<Metrics>::default();
         let hot = HotMetrics::new(&metrics, &keys, &handlers);
-        let process_span_name = format!("process {}", keys.queue());
+        let process_span_name = format!("process {}", keys.base_queue());
+        let endpoint = Endpoint::consumer(&keys, pool.server(), config.group.as_str(), &config.consumer);
         Self {
             shared: Arc::new(Shared {
+                messaging: MessagingMetrics::new(&endpoint),
+                batch_spans: Arc::new(BatchSpans::new(endpoint.clone())),
+                endpoint,
                 pool,
                 keys,
                 config,
@@ -445,13 +453,7 @@ impl PartitionWorker {
         let shared = self.shared;
         let config = &shared.config;
         let give_up_acks = CancellationToken::new();
-        let (acks, acker) = acker::spawn(
-            shared.pool.clone(),
-            shared.keys.clone(),
-            config.group.clone(),
-            shared.probes.clone(),
-            give_up_acks.clone(),
-        );
+        let (acks, acker) = acker::spawn(&shared, give_up_acks.clone());
         let maintenance_stop = CancellationToken::new();
         let promoter = tokio::spawn(promote::promote(shared.clone(), PROMOTE_EVERY, maintenance_stop.clone()));
         let renewer =

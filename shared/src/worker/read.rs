@@ -1,12 +1,17 @@
 //! Reads the entries a partition's worker runs: new ones with XREADGROUP and, when a pass is due, those other
 //! consumers left idle past the visibility timeout (taken over page by page); creates the group on NOGROUP.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use opentelemetry::trace::SpanContext;
 
 use super::{Shared, WorkerStats};
 use crate::backoff::Backoff;
 use crate::metrics::QueueLabels;
+use crate::job::field;
 use crate::stream::{self, Delivery};
+use crate::trace::propagation;
+use crate::trace::spans::BatchOperation;
 
 /// Where the next entries come from: stale entries of dead consumers when a reclaim pass is due, else new ones.
 /// Keeps the group existing (recreating it after NOGROUP) and backs off while Redis is unreachable.
@@ -32,7 +37,10 @@ impl<'a> Reader<'a> {
 
     /// Up to `count` deliveries, or how long to wait before trying again.
     pub(super) async fn next(&mut self, count: usize) -> Result<Vec<Delivery>, Duration> {
-        match self.read(count).await {
+        let (start, started) = (SystemTime::now(), Instant::now());
+        let read = self.read(count).await;
+        self.record(&read, start, started.elapsed());
+        match read {
             Ok(deliveries) => {
                 if self.backoff.failures() > 0 {
                     tracing::info!(after_failures = self.backoff.failures(), "Redis reachable again");
@@ -48,6 +56,33 @@ impl<'a> Reader<'a> {
                     tracing::debug!(error = %e, ?delay, "reading the queue failed again");
                 }
                 Err(delay)
+            }
+        }
+    }
+
+    /// Records one read: its `receive` span, linking to each entry's creation context, and its metrics.
+    fn record(&self, read: &redis::RedisResult<Vec<Delivery>>, start: SystemTime, took: Duration) {
+        let shared = self.shared;
+        let operation = |error| BatchOperation { start, end: start + took, error };
+        match read {
+            Ok(deliveries) => {
+                shared.messaging.received(deliveries.len() as u64, took, None);
+                if deliveries.is_empty() {
+                    return;
+                }
+                let contexts: Vec<(SpanContext, &str)> = deliveries
+                    .iter()
+                    .map(|d| {
+                        let cx = d.field(field::TRACEPARENT).and_then(propagation::span_context_of);
+                        (cx.unwrap_or(SpanContext::NONE), d.message_id.as_str())
+                    })
+                    .collect();
+                shared.batch_spans.receive(contexts.iter().map(|(cx, id)| (cx, *id)), operation(None));
+            }
+            Err(e) => {
+                let message = e.to_string();
+                shared.messaging.received(0, took, Some("redis_error"));
+                shared.batch_spans.receive(std::iter::empty(), operation(Some(("redis_error", &message))));
             }
         }
     }

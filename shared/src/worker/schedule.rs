@@ -20,6 +20,7 @@ use crate::connection::Pool;
 use crate::cron::{self, Schedule};
 use crate::job::Job;
 use crate::keys::Keys;
+use crate::trace::endpoint::Endpoint;
 use crate::trace::{propagation, semconv, spans};
 
 /// The longest pause between two rounds.
@@ -123,7 +124,8 @@ async fn enqueue_tick(
     let mut job = Job::new(schedule.kind.clone(), schedule.payload.clone());
     job.extra.insert(cron::FIELD_CRON_NAME.to_owned(), name.to_owned());
     job.extra.insert(cron::FIELD_CRON_TICK.to_owned(), tick.to_string());
-    let span = spans::send(span_name, keys.queue().as_str(), &job);
+    let endpoint = Endpoint::producer(keys, scheduler.pool.server());
+    let span = spans::send(span_name, &endpoint, &job);
     // A tick is the start of a trace, whatever span the worker happens to be in.
     let _ = span.set_parent(opentelemetry::Context::new());
     span.set_attribute(semconv::CRON_NAME, name.to_owned());

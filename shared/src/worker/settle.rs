@@ -7,13 +7,18 @@
 //! the entry pending, and the log says so instead of claiming an outcome.
 
 use std::borrow::Cow;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::acker::{AckSender, RecordUpdate};
+use opentelemetry::trace::TraceContextExt as _;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use super::acker::{Ack, AckSender, RecordUpdate};
 use super::attempt::{Outcome, Tracked};
 use super::{Shared, WorkerStats};
 use crate::jobs::{field as record, Attempt, Finished, JobState};
 use crate::loadprobe::Mark;
+use crate::messaging_metrics::Settlement;
 use crate::metrics::DeadLabels;
 use crate::retry::RetryPolicy;
 use crate::stream::{self, DeadLetter, DeadReason, Delivery, Settled};
@@ -96,6 +101,7 @@ pub(super) async fn settle(
         (Outcome::Failed { failure, .. }, _) => {
             WorkerStats::add(&shared.stats.failed, 1);
             spans::record_error(span, &failure.error_type, &failure.message);
+            spans::exception(span, spans::Operation::Process, &failure.error_type, &failure.message);
         }
         (Outcome::Cancelled { started }, _) => {
             WorkerStats::add(&shared.stats.cancelled, 1);
@@ -109,15 +115,39 @@ pub(super) async fn settle(
     let moved = match &decision {
         Decision::Ack => {
             spans::settle_event(span, decision.event());
-            if !acks.send(delivery.message_id.clone(), mark, finished) {
+            let process = span.context().span().span_context().clone();
+            if !acks.send(Ack { id: delivery.message_id.clone(), mark, record: finished, process }) {
                 tracing::warn!(parent: span, message_id = %delivery.message_id, "acker stopped; job stays pending");
             }
             return;
         }
-        Decision::Retry { delay, next_attempt } => {
-            schedule_retry(shared, delivery, *delay, *next_attempt, hash.as_ref()).await
+        Decision::Retry { .. } | Decision::Dead(..) => {
+            let how = if let Decision::Retry { .. } = decision { Settlement::Retry } else { Settlement::DeadLetter };
+            let settle_span = spans::settle_move(span, &shared.endpoint, how, &delivery.message_id);
+            let started = Instant::now();
+            let moved = match &decision {
+                Decision::Retry { delay, next_attempt } => {
+                    schedule_retry(shared, delivery, *delay, *next_attempt, hash.as_ref())
+                        .instrument(settle_span.clone())
+                        .await
+                }
+                _ => {
+                    let Decision::Dead(reason, error) = &decision else { unreachable!("matched above") };
+                    dead_letter(shared, delivery, *reason, error, hash.as_ref()).instrument(settle_span.clone()).await
+                }
+            };
+            let failed = match &moved {
+                Ok(Settled::Moved) => None,
+                Ok(Settled::NotOurs) => Some(("not_pending", "the entry is no longer pending for this consumer")),
+                Err(error) => Some(("redis_error", error.as_str())),
+            };
+            if let Some((error_type, message)) = failed {
+                spans::record_error(&settle_span, error_type, message);
+                spans::exception(&settle_span, spans::Operation::Settle, error_type, message);
+            }
+            shared.messaging.settled(how, started.elapsed(), failed.map(|(t, _)| t));
+            moved
         }
-        Decision::Dead(reason, error) => dead_letter(shared, delivery, *reason, error, hash.as_ref()).await,
     };
     match moved {
         Ok(Settled::Moved) => moved_to(shared, delivery, span, &decision, &outcome),

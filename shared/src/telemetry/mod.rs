@@ -19,6 +19,14 @@
 //! Logs go to stderr: JSON lines carrying `trace_id` and `span_id` when stderr is not a terminal, plain text when
 //! it is; `JOBSTREAM_LOG_FORMAT=json|text` overrides that and `RUST_LOG` filters them. Which spans are traced is
 //! filtered separately (`JOBSTREAM_TRACE_FILTER`, default `info`), so quieter logs never cut a trace.
+//!
+//! Metrics and logs go out over OTLP too, each when its exporter variable asks for it: `OTEL_METRICS_EXPORTER=otlp`
+//! exports the OpenTelemetry messaging metrics ([`crate::messaging_metrics`]) every `OTEL_METRIC_EXPORT_INTERVAL`
+//! ms (60 s by default), and `OTEL_LOGS_EXPORTER=otlp` exports every log line that passes `RUST_LOG` as a log
+//! record carrying the trace and span ids of the span it was logged in ([`logs`]). Both read the same
+//! `OTEL_EXPORTER_OTLP_*` variables as spans, with their own `_METRICS_` and `_LOGS_` variants winning (endpoint,
+//! protocol, certificate, headers, time-out). Unset, they stay off: the Prometheus endpoint and stderr are the
+//! defaults, and nothing is exported twice unasked. stderr logs are unchanged either way.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,6 +45,8 @@ use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+pub mod logs;
 
 /// Why telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -115,34 +125,106 @@ pub enum Export {
     Grpc,
 }
 
+/// The three OpenTelemetry signals, as the `OTEL_*` variables name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Spans.
+    Traces,
+    /// Metric points.
+    Metrics,
+    /// Log records.
+    Logs,
+}
+
+impl Signal {
+    /// The OTLP/HTTP path, `v1/traces` …
+    fn path(self) -> &'static str {
+        match self {
+            Self::Traces => "v1/traces",
+            Self::Metrics => "v1/metrics",
+            Self::Logs => "v1/logs",
+        }
+    }
+
+    /// This signal's variant of `OTEL_EXPORTER_OTLP_<setting>`, e.g. `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+    fn var(self, setting: Setting) -> &'static str {
+        use Setting::*;
+        match (self, setting) {
+            (Self::Traces, Endpoint) => "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            (Self::Traces, Protocol) => "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            (Self::Traces, Certificate) => "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            (Self::Traces, Timeout) => "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            (Self::Metrics, Endpoint) => "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            (Self::Metrics, Protocol) => "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+            (Self::Metrics, Certificate) => "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
+            (Self::Metrics, Timeout) => "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+            (Self::Logs, Endpoint) => "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+            (Self::Logs, Protocol) => "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+            (Self::Logs, Certificate) => "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE",
+            (Self::Logs, Timeout) => "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT",
+        }
+    }
+}
+
+/// An exporter setting with a variable per signal.
+#[derive(Debug, Clone, Copy)]
+enum Setting {
+    Endpoint,
+    Protocol,
+    Certificate,
+    Timeout,
+}
+
+/// The general variable of a setting, `OTEL_EXPORTER_OTLP_<setting>`.
+fn general_var(setting: Setting) -> &'static str {
+    match setting {
+        Setting::Endpoint => "OTEL_EXPORTER_OTLP_ENDPOINT",
+        Setting::Protocol => "OTEL_EXPORTER_OTLP_PROTOCOL",
+        Setting::Certificate => "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        Setting::Timeout => "OTEL_EXPORTER_OTLP_TIMEOUT",
+    }
+}
+
+/// A set, non-blank variable's value.
+fn env_value(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
 impl Export {
-    /// Reads the standard `OTEL_*` variables.
+    /// Reads the standard `OTEL_*` variables for spans.
     pub fn from_env() -> Result<Self, TelemetryError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        Self::of(Signal::Traces)
+    }
+
+    /// Reads the standard `OTEL_*` variables for `signal`. Spans are exported when `OTEL_TRACES_EXPORTER` is
+    /// `otlp`, or unset with an endpoint set; metrics and logs only when `OTEL_METRICS_EXPORTER` /
+    /// `OTEL_LOGS_EXPORTER` is `otlp`.
+    pub fn of(signal: Signal) -> Result<Self, TelemetryError> {
+        if env_value("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             return Ok(Self::Off);
         }
-        let has_endpoint =
-            var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some() || var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
-        match var("OTEL_TRACES_EXPORTER").as_deref() {
-            None if !has_endpoint => return Ok(Self::Off),
+        let (exporter_var, default_on) = match signal {
+            Signal::Traces => (
+                "OTEL_TRACES_EXPORTER",
+                signal_var(Signal::Traces, Setting::Endpoint).is_some(),
+            ),
+            Signal::Metrics => ("OTEL_METRICS_EXPORTER", false),
+            Signal::Logs => ("OTEL_LOGS_EXPORTER", false),
+        };
+        match env_value(exporter_var).as_deref() {
+            None if !default_on => return Ok(Self::Off),
             None | Some("otlp") => {}
             Some("none") => return Ok(Self::Off),
             Some(other) => {
                 return Err(TelemetryError::Unsupported {
-                    var: "OTEL_TRACES_EXPORTER",
+                    var: exporter_var,
                     value: other.to_owned(),
                     supported: "otlp or none",
                 })
             }
         }
-        let (name, protocol) = match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
-            Some(p) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", p),
-            None => (
-                "OTEL_EXPORTER_OTLP_PROTOCOL",
-                var("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_else(|| "http/protobuf".into()),
-            ),
-        };
+        let (name, protocol) = signal_var(signal, Setting::Protocol)
+            .unwrap_or(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()));
         match protocol.as_str() {
             "http/protobuf" => Ok(Self::HttpProtobuf),
             "grpc" => Ok(Self::Grpc),
@@ -154,6 +236,8 @@ impl Export {
 /// The installed telemetry; call [`Telemetry::shutdown`] before exiting.
 pub struct Telemetry {
     provider: SdkTracerProvider,
+    meters: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
+    loggers: Option<opentelemetry_sdk::logs::SdkLoggerProvider>,
     export: Export,
 }
 
@@ -173,6 +257,10 @@ pub struct TelemetrySettings {
     pub log_format: LogFormat,
     /// Where spans go.
     pub export: Export,
+    /// Where metrics go (`OTEL_METRICS_EXPORTER=otlp`; off by default).
+    pub metrics: Export,
+    /// Where log records go, besides stderr (`OTEL_LOGS_EXPORTER=otlp`; off by default).
+    pub logs: Export,
     /// Base URL of the collector (`http://host:4318` or `http://host:4317`); `None` reads the `OTEL_*` variables.
     pub endpoint: Option<String>,
     /// Finished spans buffered for export unless `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise; a full buffer drops
@@ -187,6 +275,8 @@ impl TelemetrySettings {
             service_name: service_name.to_owned(),
             log_format: LogFormat::from_env()?,
             export: Export::from_env()?,
+            metrics: Export::of(Signal::Metrics)?,
+            logs: Export::of(Signal::Logs)?,
             endpoint: None,
             span_queue: DEFAULT_SPAN_QUEUE,
         })
@@ -201,8 +291,14 @@ pub fn init(service_name: &str) -> Result<Telemetry, TelemetryError> {
 /// Installs the global tracer provider, the W3C propagators and the tracing subscriber.
 pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryError> {
     let export = settings.export;
-    let provider = provider(&settings)?;
+    let resource = resource(&settings);
+    let provider = provider(&settings, resource.clone())?;
+    let meters = meter_provider(&settings, resource.clone())?;
+    let loggers = logger_provider(&settings, resource)?;
     opentelemetry::global::set_tracer_provider(provider.clone());
+    if let Some(meters) = &meters {
+        opentelemetry::global::set_meter_provider(meters.clone());
+    }
     opentelemetry::global::set_text_map_propagator(opentelemetry::propagation::TextMapCompositePropagator::new(vec![
         Box::new(opentelemetry_sdk::propagation::TraceContextPropagator::new()),
         Box::new(opentelemetry_sdk::propagation::BaggagePropagator::new()),
@@ -227,20 +323,12 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
             // ancestor); json-subscriber's own option nests them under `openTelemetry`.
             let dispatch = dispatch.clone();
             json.inner_layer_mut().add_multiple_dynamic_fields(move |event, context, writer| {
-                let Some(dispatch) = dispatch.get().and_then(tracing::dispatcher::WeakDispatch::upgrade) else {
-                    return;
-                };
-                for span in context.event_scope(event).into_iter().flatten() {
-                    let Some(otel) = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch) else {
-                        continue;
-                    };
+                let spans = context.event_scope(event).into_iter().flatten().map(|span| span.id());
+                if let Some(otel) = logs::traced_context(spans, &dispatch) {
                     let otel_span = otel.span();
                     let ids = otel_span.span_context();
-                    if ids.is_valid() {
-                        let _ = writer.write_field("trace_id", ids.trace_id().to_string());
-                        let _ = writer.write_field("span_id", ids.span_id().to_string());
-                        return;
-                    }
+                    let _ = writer.write_field("trace_id", ids.trace_id().to_string());
+                    let _ = writer.write_field("span_id", ids.span_id().to_string());
                 }
             });
             json.with_filter(log_filter).with_filter(quiet).boxed()
@@ -252,7 +340,18 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
             .with_filter(quiet)
             .boxed(),
     };
-    tracing_subscriber::registry().with(otel).with(logs).with(CaptureDispatch(dispatch)).try_init()?;
+    // Log records over OTLP pass the same filter as stderr's lines (which also keeps the exporters' own clients
+    // out of the pipeline they feed).
+    let otlp_logs = match &loggers {
+        Some(loggers) => Some(logs::OtlpLogs::new(loggers, dispatch.clone()).with_filter(filter("RUST_LOG", "info")?)),
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(otel)
+        .with(logs)
+        .with(otlp_logs)
+        .with(CaptureDispatch(dispatch))
+        .try_init()?;
     // A panic (a handler's, caught by the worker, or any other) is one log line with its message and place, in
     // the span it happened in, instead of the default multi-line report on stderr.
     std::panic::set_hook(Box::new(|info| {
@@ -261,7 +360,7 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
         tracing::error!(panic.message = %message, panic.location = %location, "panicked: {message}");
     }));
     tracing::debug!(?export, "telemetry ready");
-    Ok(Telemetry { provider, export })
+    Ok(Telemetry { provider, meters, loggers, export })
 }
 
 /// Keeps the dispatcher the subscriber is installed as, for looking up a span's OpenTelemetry context from a
@@ -300,81 +399,126 @@ fn batch_config(span_queue: usize) -> BatchConfig {
     config.build()
 }
 
-fn provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, TelemetryError> {
+/// The resource every signal's records carry: `service.name` (unless the environment names it) and
+/// `service.version`, plus `OTEL_RESOURCE_ATTRIBUTES`.
+fn resource(settings: &TelemetrySettings) -> Resource {
     let mut resource = Resource::builder();
     let named_by_env = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
         || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| v.contains("service.name="));
     if !named_by_env {
         resource = resource.with_service_name(settings.service_name.clone());
     }
-    let resource = resource.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))).build();
-    let builder = SdkTracerProvider::builder().with_resource(resource);
-    let endpoint = settings.endpoint.as_deref().map(|base| base.trim_end_matches('/'));
-    let batch =
-        |exporter| BatchSpanProcessor::builder(exporter).with_batch_config(batch_config(settings.span_queue)).build();
-    let builder = match settings.export {
-        Export::Off => builder,
-        Export::HttpProtobuf => {
-            let tls = TlsSettings::from_env()?;
-            let cause = LastCause::default();
-            let client = http_client(&tls, cause.clone())?;
-            let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(Protocol::HttpBinary)
-                .with_http_client(client);
-            let shown =
-                match endpoint {
-                    Some(base) => {
-                        exporter = exporter.with_endpoint(format!("{base}/v1/traces"));
-                        format!("{base}/v1/traces")
-                    }
-                    None => env_endpoint()
-                        .map(|(var, url)| {
-                            if var == TRACES_ENDPOINT {
-                                url
-                            } else {
-                                format!("{}/v1/traces", url.trim_end_matches('/'))
-                            }
-                        })
-                        .unwrap_or_else(|| "http://localhost:4318/v1/traces".into()),
-                };
-            builder.with_span_processor(batch(ReportingExporter::new(exporter.build()?, shown, cause)))
-        }
-        Export::Grpc => {
-            let tls = TlsSettings::from_env()?;
-            let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-            let shown = match endpoint {
-                Some(base) => {
+    resource.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))).build()
+}
+
+/// Builds one signal's OTLP exporter from `$builder` (e.g. `opentelemetry_otlp::SpanExporter::builder()`) as
+/// `$export` and the variables say: over HTTP with jobstream's TLS client, or over gRPC with tonic's TLS. Gives
+/// the exporter, the URL it sends to (for messages) and the HTTP client's last failure cause.
+macro_rules! otlp_exporter {
+    ($builder:expr, $signal:expr, $export:expr, $base:expr) => {{
+        let (signal, base): (Signal, Option<&str>) = ($signal, $base);
+        let tls = TlsSettings::from_env(signal)?;
+        let shown = shown_endpoint(signal, $export, base);
+        match $export {
+            Export::Grpc => {
+                let mut exporter = $builder.with_tonic();
+                if let Some(base) = base {
                     exporter = exporter.with_endpoint(base.to_owned());
-                    base.to_owned()
                 }
-                None => env_endpoint().map(|(_, url)| url).unwrap_or_else(|| "http://localhost:4317".into()),
-            };
-            if shown.starts_with("https://") {
-                install_tls_provider();
-                let config = tonic::transport::ClientTlsConfig::new();
-                let config = match &tls.ca {
-                    Some(ca) => config.ca_certificate(tonic::transport::Certificate::from_pem(&ca.pem)),
-                    None => config.with_native_roots(),
-                };
-                exporter = exporter.with_tls_config(config);
+                if shown.starts_with("https://") {
+                    install_tls_provider();
+                    let config = tonic::transport::ClientTlsConfig::new();
+                    let config = match &tls.ca {
+                        Some(ca) => config.ca_certificate(tonic::transport::Certificate::from_pem(&ca.pem)),
+                        None => config.with_native_roots(),
+                    };
+                    exporter = exporter.with_tls_config(config);
+                }
+                Some((exporter.build()?, shown, LastCause::default()))
             }
-            builder.with_span_processor(batch(ReportingExporter::new(exporter.build()?, shown, LastCause::default())))
+            Export::HttpProtobuf => {
+                let cause = LastCause::default();
+                let client = http_client(&tls, cause.clone())?;
+                let mut exporter = $builder.with_http().with_protocol(Protocol::HttpBinary).with_http_client(client);
+                if base.is_some() {
+                    exporter = exporter.with_endpoint(shown.clone());
+                }
+                Some((exporter.build()?, shown, cause))
+            }
+            Export::Off => None,
         }
-    };
+    }};
+}
+
+fn provider(settings: &TelemetrySettings, resource: Resource) -> Result<SdkTracerProvider, TelemetryError> {
+    // Batch spans (`receive`, `ack`) link to every message they account for ([`crate::trace::spans`]).
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if std::env::var_os("OTEL_SPAN_LINK_COUNT_LIMIT").is_none() {
+        builder = builder.with_max_links_per_span(crate::trace::spans::MAX_BATCH_LINKS as u32);
+    }
+    let base = settings.endpoint.as_deref().map(|base| base.trim_end_matches('/'));
+    let exporter = otlp_exporter!(opentelemetry_otlp::SpanExporter::builder(), Signal::Traces, settings.export, base);
+    if let Some((exporter, shown, cause)) = exporter {
+        let processor = BatchSpanProcessor::builder(ReportingExporter::new(exporter, shown, cause))
+            .with_batch_config(batch_config(settings.span_queue))
+            .build();
+        builder = builder.with_span_processor(processor);
+    }
     Ok(builder.build())
 }
 
-const TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
-
-/// A variable's value, the `_TRACES_` one first: `(which, value)`.
-fn signal_var(traces: &'static str, general: &'static str) -> Option<(&'static str, String)> {
-    let var = |name: &'static str| std::env::var(name).ok().filter(|v| !v.trim().is_empty()).map(|v| (name, v));
-    var(traces).or_else(|| var(general))
+/// The meter provider exporting over OTLP, when `OTEL_METRICS_EXPORTER=otlp`.
+fn meter_provider(
+    settings: &TelemetrySettings,
+    resource: Resource,
+) -> Result<Option<opentelemetry_sdk::metrics::SdkMeterProvider>, TelemetryError> {
+    let base = settings.endpoint.as_deref().map(|base| base.trim_end_matches('/'));
+    let exporter = otlp_exporter!(opentelemetry_otlp::MetricExporter::builder(), Signal::Metrics, settings.metrics, base);
+    Ok(exporter.map(|(exporter, shown, _)| {
+        tracing::debug!(endpoint = %shown, "exporting metrics over OTLP");
+        opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+            .with_resource(resource)
+            .with_periodic_exporter(exporter)
+            .build()
+    }))
 }
 
-fn env_endpoint() -> Option<(&'static str, String)> {
-    signal_var(TRACES_ENDPOINT, "OTEL_EXPORTER_OTLP_ENDPOINT")
+/// The logger provider exporting over OTLP, when `OTEL_LOGS_EXPORTER=otlp`.
+fn logger_provider(
+    settings: &TelemetrySettings,
+    resource: Resource,
+) -> Result<Option<opentelemetry_sdk::logs::SdkLoggerProvider>, TelemetryError> {
+    let base = settings.endpoint.as_deref().map(|base| base.trim_end_matches('/'));
+    let exporter = otlp_exporter!(opentelemetry_otlp::LogExporter::builder(), Signal::Logs, settings.logs, base);
+    Ok(exporter.map(|(exporter, _, _)| {
+        opentelemetry_sdk::logs::SdkLoggerProvider::builder().with_resource(resource).with_batch_exporter(exporter).build()
+    }))
+}
+
+/// A setting's variable and value for `signal`, its own variable first: `(which, value)`.
+fn signal_var(signal: Signal, setting: Setting) -> Option<(&'static str, String)> {
+    let var = |name: &'static str| env_value(name).map(|v| (name, v));
+    var(signal.var(setting)).or_else(|| var(general_var(setting)))
+}
+
+/// The URL `signal` is exported to, for messages: the configured base (or the signal's own full URL), or the
+/// protocol's default.
+fn shown_endpoint(signal: Signal, export: Export, base: Option<&str>) -> String {
+    let default = match export {
+        Export::Grpc => "http://localhost:4317",
+        _ => "http://localhost:4318",
+    };
+    let (own, url) = match base {
+        Some(base) => (false, base.to_owned()),
+        None => match signal_var(signal, Setting::Endpoint) {
+            Some((var, url)) => (var == signal.var(Setting::Endpoint), url),
+            None => (false, default.to_owned()),
+        },
+    };
+    match export {
+        Export::HttpProtobuf if !own => format!("{}/{}", url.trim_end_matches('/'), signal.path()),
+        _ => url,
+    }
 }
 
 /// rustls needs one process-wide crypto provider: the same `ring` one the Redis connections install.
@@ -399,8 +543,8 @@ struct TlsSettings {
 }
 
 impl TlsSettings {
-    fn from_env() -> Result<Self, TelemetryError> {
-        let ca = match signal_var("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE") {
+    fn from_env(signal: Signal) -> Result<Self, TelemetryError> {
+        let ca = match signal_var(signal, Setting::Certificate) {
             None => None,
             Some((var, path)) => {
                 let invalid = |reason: String| TelemetryError::Invalid { var, value: path.clone(), reason };
@@ -415,7 +559,7 @@ impl TlsSettings {
                 Some(CaFile { var, path, pem, certificates })
             }
         };
-        let timeout = match signal_var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT") {
+        let timeout = match signal_var(signal, Setting::Timeout) {
             None => None,
             Some((var, value)) => match value.trim().parse::<u64>() {
                 Ok(ms) => Some(Duration::from_millis(ms)),
@@ -611,18 +755,39 @@ impl Telemetry {
         self.export
     }
 
-    /// Exports every finished span now; returns once the exporter answered.
+    /// Exports every finished span, the metrics as they stand and every log record now; returns once the
+    /// exporters answered.
     pub async fn flush(&self) {
-        let provider = self.provider.clone();
-        let _ = tokio::task::spawn_blocking(move || provider.force_flush()).await;
+        let (provider, meters, loggers) = (self.provider.clone(), self.meters.clone(), self.loggers.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = provider.force_flush();
+            if let Some(meters) = meters {
+                let _ = meters.force_flush();
+            }
+            if let Some(loggers) = loggers {
+                let _ = loggers.force_flush();
+            }
+        })
+        .await;
     }
 
-    /// Flushes buffered spans and stops the exporter, waiting at most `timeout`.
+    /// Flushes buffered spans, metrics and log records and stops the exporters, waiting at most `timeout` for
+    /// each.
     pub async fn shutdown(self, timeout: Duration) {
-        let provider = self.provider;
-        let result = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(timeout)).await;
-        if let Ok(Err(e)) = result {
-            eprintln!("jobstream: flushing spans at exit failed: {e}");
+        let Self { provider, meters, loggers, .. } = self;
+        let result = tokio::task::spawn_blocking(move || {
+            // Metrics and logs first: their last records may come from spans' ends.
+            let meters = meters.map(|m| m.shutdown_with_timeout(timeout));
+            let loggers = loggers.map(|l| l.shutdown_with_timeout(timeout));
+            (provider.shutdown_with_timeout(timeout), meters, loggers)
+        })
+        .await;
+        if let Ok((spans, meters, loggers)) = result {
+            for (what, result) in [("spans", Some(spans)), ("metrics", meters), ("log records", loggers)] {
+                if let Some(Err(e)) = result {
+                    eprintln!("jobstream: flushing {what} at exit failed: {e}");
+                }
+            }
         }
     }
 }
