@@ -30,12 +30,14 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{MetricsService, MetricsServiceServer};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use prost::Message;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
@@ -339,7 +341,11 @@ fn keep_headers(spans: &Store, headers: &HeaderMap) {
 }
 
 /// An OTLP/HTTP reply: 200 with the encoded response, or 400 when the body is not a request of `what`.
-fn reply<R: Message, A: Message>(decoded: Result<R, prost::DecodeError>, what: &str, keep: impl FnOnce(R) -> A) -> axum::response::Response {
+fn reply<R: Message, A: Message>(
+    decoded: Result<R, prost::DecodeError>,
+    what: &str,
+    keep: impl FnOnce(R) -> A,
+) -> axum::response::Response {
     match decoded {
         Ok(request) => {
             let reply = keep(request).encode_to_vec();

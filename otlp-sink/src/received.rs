@@ -178,19 +178,20 @@ pub(crate) fn points(request: ExportMetricsServiceRequest) -> Vec<ReceivedPoint>
         for scope_metrics in resource_metrics.scope_metrics {
             let scope = scope_metrics.scope.map(|s| s.name).unwrap_or_default();
             for metric in scope_metrics.metrics {
-                let point = |kind, monotonic, temporality, attributes: &[KeyValue], value, count, bounds| ReceivedPoint {
-                    service_name: service_name.clone(),
-                    scope: scope.clone(),
-                    name: metric.name.clone(),
-                    unit: metric.unit.clone(),
-                    kind,
-                    monotonic,
-                    temporality,
-                    attributes: self::attributes(attributes),
-                    value,
-                    count,
-                    bounds,
-                };
+                let point =
+                    |kind, monotonic, temporality, attributes: &[KeyValue], value, count, bounds| ReceivedPoint {
+                        service_name: service_name.clone(),
+                        scope: scope.clone(),
+                        name: metric.name.clone(),
+                        unit: metric.unit.clone(),
+                        kind,
+                        monotonic,
+                        temporality,
+                        attributes: self::attributes(attributes),
+                        value,
+                        count,
+                        bounds,
+                    };
                 let number = |v: &Option<NumberValue>| match v {
                     Some(NumberValue::AsDouble(d)) => *d,
                     Some(NumberValue::AsInt(i)) => *i as f64,

@@ -121,7 +121,7 @@ impl std::fmt::Display for Report {
     }
 }
 
-fn operation<'a>(span: &'a ReceivedSpan) -> Option<&'a str> {
+fn operation(span: &ReceivedSpan) -> Option<&str> {
     span.attr("messaging.operation.type")
 }
 

@@ -8,8 +8,8 @@
 //! redis-rs gives multiplexed connections a 500 ms response time-out by default, which a blocking XREADGROUP
 //! outlives; the pool here sets one that fits the longest blocking read the caller makes.
 
-use std::sync::Arc;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_redis::{Manager, Runtime};
@@ -245,13 +245,13 @@ pub fn pool(url: &str, settings: &PoolSettings) -> Result<Pool, ConnectError> {
     let manager = Manager::new_with_config(info, config).map_err(invalid)?;
     Ok(Pool(
         Pools::Single(
-        deadpool_redis::Pool::builder(manager)
-            .max_size(settings.max_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(settings.connect_timeout + settings.response_timeout))
-            .create_timeout(Some(settings.connect_timeout))
-            .build()
-            .map_err(|e| ConnectError::Pool(e.to_string()))?,
+            deadpool_redis::Pool::builder(manager)
+                .max_size(settings.max_size)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(settings.connect_timeout + settings.response_timeout))
+                .create_timeout(Some(settings.connect_timeout))
+                .build()
+                .map_err(|e| ConnectError::Pool(e.to_string()))?,
         ),
         server,
     ))

@@ -100,11 +100,7 @@ impl MessagingMetrics {
             receive_attributes: endpoint.metric_attributes("receive", true),
             receive_operation: with_type(endpoint.metric_attributes("receive", true), "receive"),
             process_attributes: endpoint.metric_attributes("process", true),
-            settle_operations: [
-                settle(Settlement::Ack),
-                settle(Settlement::Retry),
-                settle(Settlement::DeadLetter),
-            ],
+            settle_operations: [settle(Settlement::Ack), settle(Settlement::Retry), settle(Settlement::DeadLetter)],
         }
     }
 

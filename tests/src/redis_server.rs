@@ -99,6 +99,11 @@ impl RedisServer {
         });
     }
 
+    /// The port it listens on (plaintext).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)

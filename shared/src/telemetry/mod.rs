@@ -204,10 +204,7 @@ impl Export {
             return Ok(Self::Off);
         }
         let (exporter_var, default_on) = match signal {
-            Signal::Traces => (
-                "OTEL_TRACES_EXPORTER",
-                signal_var(Signal::Traces, Setting::Endpoint).is_some(),
-            ),
+            Signal::Traces => ("OTEL_TRACES_EXPORTER", signal_var(Signal::Traces, Setting::Endpoint).is_some()),
             Signal::Metrics => ("OTEL_METRICS_EXPORTER", false),
             Signal::Logs => ("OTEL_LOGS_EXPORTER", false),
         };
@@ -306,7 +303,13 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
 
     let trace_filter = filter("JOBSTREAM_TRACE_FILTER", "info")?;
     let log_filter = filter("RUST_LOG", "info")?;
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("jobstream")).with_filter(trace_filter);
+    // No `busy_ns`/`idle_ns` on every span (time taken on every enter and exit, for attributes no convention
+    // names), and no `target` (`code.module.name` says it).
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("jobstream"))
+        .with_tracked_inactivity(false)
+        .with_target(false)
+        .with_filter(trace_filter);
     // Export failures are reported once by `ReportingExporter`; the SDK's own line per failed batch is dropped.
     let quiet = tracing_subscriber::filter::filter_fn(|meta| {
         !(meta.target().starts_with("opentelemetry") && SDK_EXPORT_FAILURE_EVENTS.contains(&meta.name()))
@@ -346,12 +349,7 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
         Some(loggers) => Some(logs::OtlpLogs::new(loggers, dispatch.clone()).with_filter(filter("RUST_LOG", "info")?)),
         None => None,
     };
-    tracing_subscriber::registry()
-        .with(otel)
-        .with(logs)
-        .with(otlp_logs)
-        .with(CaptureDispatch(dispatch))
-        .try_init()?;
+    tracing_subscriber::registry().with(otel).with(logs).with(otlp_logs).with(CaptureDispatch(dispatch)).try_init()?;
     // A panic (a handler's, caught by the worker, or any other) is one log line with its message and place, in
     // the span it happened in, instead of the default multi-line report on stderr.
     std::panic::set_hook(Box::new(|info| {
@@ -473,7 +471,8 @@ fn meter_provider(
     resource: Resource,
 ) -> Result<Option<opentelemetry_sdk::metrics::SdkMeterProvider>, TelemetryError> {
     let base = settings.endpoint.as_deref().map(|base| base.trim_end_matches('/'));
-    let exporter = otlp_exporter!(opentelemetry_otlp::MetricExporter::builder(), Signal::Metrics, settings.metrics, base);
+    let exporter =
+        otlp_exporter!(opentelemetry_otlp::MetricExporter::builder(), Signal::Metrics, settings.metrics, base);
     Ok(exporter.map(|(exporter, shown, _)| {
         tracing::debug!(endpoint = %shown, "exporting metrics over OTLP");
         opentelemetry_sdk::metrics::SdkMeterProvider::builder()
@@ -491,7 +490,10 @@ fn logger_provider(
     let base = settings.endpoint.as_deref().map(|base| base.trim_end_matches('/'));
     let exporter = otlp_exporter!(opentelemetry_otlp::LogExporter::builder(), Signal::Logs, settings.logs, base);
     Ok(exporter.map(|(exporter, _, _)| {
-        opentelemetry_sdk::logs::SdkLoggerProvider::builder().with_resource(resource).with_batch_exporter(exporter).build()
+        opentelemetry_sdk::logs::SdkLoggerProvider::builder()
+            .with_resource(resource)
+            .with_batch_exporter(exporter)
+            .build()
     }))
 }
 

@@ -2,9 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use opentelemetry::trace::{
-    Link, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
-};
+use opentelemetry::trace::{Link, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use tracing::field::Empty;
 use tracing::Span;

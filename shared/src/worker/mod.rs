@@ -32,10 +32,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::connection::Pool;
 use crate::messaging_metrics::MessagingMetrics;
 use crate::trace::endpoint::Endpoint;
 use crate::trace::spans::BatchSpans;
-use crate::connection::Pool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

@@ -7,8 +7,8 @@ use opentelemetry::trace::SpanContext;
 
 use super::{Shared, WorkerStats};
 use crate::backoff::Backoff;
-use crate::metrics::QueueLabels;
 use crate::job::field;
+use crate::metrics::QueueLabels;
 use crate::stream::{self, Delivery};
 use crate::trace::propagation;
 use crate::trace::spans::BatchOperation;
