@@ -286,6 +286,21 @@ pub struct LoadArgs {
     /// for measuring what records cost (`bench/run --lifecycle`).
     #[arg(long, env = "JOBSTREAM_NO_JOB_RECORDS")]
     pub no_job_records: bool,
+    /// Check the shape of the run's traces: serve an OTLP receiver on this address (http/protobuf; gRPC on a
+    /// free port, both printed), export this producer's spans to it, and point the consumers'
+    /// OTEL_EXPORTER_OTLP_ENDPOINT at it (http://ADDR). After the run (needs --wait) and a quiet period, a report
+    /// on stderr counts each violation: a job sent twice, a process span without its send span as parent or
+    /// link, two process spans for one attempt, an attempt no settle span accounts for, a span whose parent never
+    /// arrived, a trace over --check-traces-max-spans. Exit status 1 when any is found.
+    #[arg(long, value_name = "ADDR", requires = "wait")]
+    pub check_traces: Option<std::net::SocketAddr>,
+    /// With --check-traces: how long no new span must arrive before the check (consumers export every
+    /// OTEL_BSP_SCHEDULE_DELAY, 5s by default).
+    #[arg(long, default_value = "6s", value_parser = parse_duration)]
+    pub check_traces_quiet: Duration,
+    /// With --check-traces: most spans one trace may have.
+    #[arg(long, default_value_t = 10_000)]
+    pub check_traces_max_spans: usize,
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {

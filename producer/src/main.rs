@@ -66,7 +66,16 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             let mut settings = settings()?;
             // Bursts at full speed (~100,000 jobs/s, one `send` span each) outrun the exporter: buffer ~64 MB of spans.
             settings.span_queue = 1 << 16;
-            traced(settings, load::run(args)).await
+            let check = match args.check_traces {
+                Some(addr) => Some(load::TraceCheck::start(addr, &args, &mut settings).await?),
+                None => None,
+            };
+            let result = traced(settings, load::run(args)).await;
+            match check {
+                // The producer's spans are flushed by now; the consumers' arrive within the quiet period.
+                Some(check) if result.is_ok() => check.finish().await,
+                _ => result,
+            }
         }
         cli::Command::Demo(args) => demo::run(args).await,
         cli::Command::Stats(args) => admin::stats(args).await,

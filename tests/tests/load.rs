@@ -124,3 +124,29 @@ async fn a_partitioned_queue_is_measured_across_its_partitions() {
     assert!(per_partition.iter().all(|&n| n > 100), "jobs spread over the partitions: {per_partition:?}");
     assert_eq!(xlen(&mut conn, &keys("parts").stream), 0, "nothing on the unpartitioned stream");
 }
+
+/// `producer load --check-traces`: the producer serves the receiver, the consumers export to it, and the report
+/// counts the run's traces with no violation; every job has its send, process and ack spans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_load_run_checks_the_shape_of_its_traces() {
+    let fx = Fixture::start().await;
+    let queue = "shapes";
+    let receiver = format!("127.0.0.1:{}", free_port());
+    let mut consumer = fx.consumer(queue, "a", &["--concurrency", "32"]);
+    consumer.env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{receiver}"));
+    let consumer = fx.spawn(consumer, "a");
+    let addr = consumer.listen_addr();
+    wait_until(Duration::from_secs(20), "consumer ready", || http_get(addr, "/readyz").0 == 200);
+
+    let (out, report) = load(
+        &fx.redis,
+        &fx.sink,
+        &["--queue", queue, "--jobs", "500", "--wait", "--check-traces", &receiver, "--check-traces-quiet", "1s"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}\n{stderr}");
+    assert_eq!(report["done"], 500, "{report}");
+    let shape = stderr.lines().find(|l| l.starts_with("trace shapes:")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(shape.contains("500 jobs, 500 sends, 500 process spans"), "{shape}");
+    assert!(stderr.contains("violations: none"), "{stderr}");
+}

@@ -180,8 +180,15 @@ async fn one_request_runs_through_rust_node_and_python_in_one_trace() {
         .await
         .unwrap_or_else(|spans| panic!("spans missing: {spans:#?}"));
 
-    // One trace, four services.
-    let traces: BTreeSet<&str> = spans.iter().map(|s| s.trace_id.as_str()).collect();
+    // One trace, four services. The Rust worker's batch spans (`receive`, `ack`) are roots of their own, each
+    // linking into the caller's trace.
+    let batch = |s: &ReceivedSpan| {
+        s.parent_span_id.is_none() && matches!(s.attr("messaging.operation.type"), Some("receive" | "settle"))
+    };
+    for span in spans.iter().filter(|s| batch(s)) {
+        assert!(span.links.iter().all(|(trace, _)| trace == CALLER_TRACE), "{span:?} links into the caller's trace");
+    }
+    let traces: BTreeSet<&str> = spans.iter().filter(|s| !batch(s)).map(|s| s.trace_id.as_str()).collect();
     assert_eq!(traces, BTreeSet::from([CALLER_TRACE]), "every span exported is in the caller's trace");
     let services: BTreeSet<&str> = spans.iter().map(|s| s.service_name.as_str()).collect();
     assert_eq!(services, BTreeSet::from(["http-api", "node-worker", "python-worker", "rust-worker"]));

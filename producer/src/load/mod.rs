@@ -7,6 +7,9 @@
 
 mod pace;
 mod report;
+mod traces;
+
+pub use traces::TraceCheck;
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
