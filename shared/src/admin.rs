@@ -268,7 +268,8 @@ pub async fn replay(pool: &Pool, keys: &Keys, dead_id: &str) -> crate::Result<Re
     let mut job = crate::job::Job::from_fields(fields, &crate::limits::Limits { max_payload_bytes: usize::MAX })
         .map_err(|e| not_a_job(e.to_string()))?;
 
-    let span = crate::trace::spans::replay(keys.queue().as_str(), &job, dead_id, &old_trace);
+    let endpoint = crate::trace::endpoint::Endpoint::producer(keys, pool.server());
+    let span = crate::trace::spans::replay(&endpoint, &job, dead_id, &old_trace);
     job.trace = propagation::inject(&span.context()).unwrap_or_default();
     let mut invocation = REPLAY_DEAD.key(&keys.dead);
     // The job's status record (if it has one, or gets one now) goes back to `waiting` on the new entry.
@@ -276,8 +277,12 @@ pub async fn replay(pool: &Pool, keys: &Keys, dead_id: &str) -> crate::Result<Re
     for (name, value) in job.to_fields() {
         invocation.arg(name).arg(value);
     }
-    let message_id: Option<String> = invocation.invoke_async(&mut conn).await?;
+    let message_id: Option<String> = invocation.invoke_async(&mut conn).await.inspect_err(|e| {
+        crate::trace::spans::record_error(&span, "redis_error", &e.to_string());
+        crate::trace::spans::exception(&span, crate::trace::spans::Operation::Send, "redis_error", &e.to_string());
+    })?;
     let message_id = message_id.ok_or_else(|| crate::Error::NotFound(format!("dead entry {dead_id}")))?;
+    span.record(crate::trace::semconv::MESSAGING_MESSAGE_ID, message_id.as_str());
     Ok(Replayed { dead_id: dead_id.to_owned(), message_id, job_id: job.id.to_string() })
 }
 

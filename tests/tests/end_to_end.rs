@@ -85,11 +85,18 @@ async fn a_fanout_job_makes_one_trace_over_three_hops() {
     wait_until(Duration::from_secs(30), "7 jobs to complete", || done_counts(&mut conn, queue).len() == 7);
     assert_eq!(consumer.terminate(), Some(0));
 
+    // The shape of the whole run: seven sends, seven process spans each under its send, each acknowledged.
+    let rules = jobstream_otlp_sink::shape::Rules { max_spans_per_trace: 100, max_attempts: Some(1) };
     let spans = fx
         .sink
-        .wait_for(SPAN_WAIT, |spans| named(spans, &job.trace_id, "save-data").len() == 4)
+        .wait_for(SPAN_WAIT, |spans| {
+            named(spans, &job.trace_id, "save-data").len() == 4
+                && jobstream_otlp_sink::shape::check(spans, &rules).is_clean()
+        })
         .await
-        .unwrap_or_else(|partial| panic!("spans missing; got {}", partial.len()));
+        .unwrap_or_else(|partial| panic!("{}", jobstream_otlp_sink::shape::check(&partial, &rules)));
+    let report = jobstream_otlp_sink::shape::check(&spans, &rules);
+    assert_eq!((report.jobs, report.sends, report.processes), (7, 7, 7), "{report}");
     let in_trace: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id == job.trace_id).collect();
     assert_eq!(named(&spans, &job.trace_id, "process fan").len(), 7, "every job's process span is in the one trace");
     assert_eq!(named(&spans, &job.trace_id, "send fan").len(), 7, "every enqueue's send span too");

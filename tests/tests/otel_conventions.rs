@@ -277,8 +277,12 @@ async fn metrics_over(protocol: &str) {
     let send = [("messaging.operation.name", "send"), ("messaging.operation.type", "send")];
     assert!(last(&points, "messaging.client.operation.duration", &send).is_some());
 
-    // The docs' metric table lists each metric with its instrument and unit, and the attributes it carries.
+    // The docs' metric table lists each metric with its instrument and unit, and the attributes it carries; each
+    // metric it lists was exported.
     let documented = documented_metrics();
+    let exported: BTreeSet<&str> =
+        points.iter().filter(|p| p.name.starts_with("messaging.")).map(|p| p.name.as_str()).collect();
+    assert_eq!(exported, documented.keys().map(String::as_str).collect::<BTreeSet<_>>());
     for point in points.iter().filter(|p| p.name.starts_with("messaging.")) {
         let (instrument, unit, attributes) =
             documented.get(&point.name).unwrap_or_else(|| panic!("{} is not in docs/wire-format.md", point.name));

@@ -54,17 +54,23 @@ pub(crate) fn scheduled(span: &Span, due_ms: u64, linked: bool) {
     );
 }
 
-/// The `send <Q>` span of dead entry `dead_id` put back on queue `queue` as `job`, linked to the trace it
-/// died in (`old_trace`) when that context is valid.
-pub(crate) fn replay(queue: &str, job: &Job, dead_id: &str, old_trace: &TraceHeaders) -> Span {
+/// The `send <Q>` span of dead entry `dead_id` put back on the queue at `endpoint` as `job`, linked to the
+/// trace it died in (`old_trace`) when that context is valid.
+pub(crate) fn replay(endpoint: &Endpoint, job: &Job, dead_id: &str, old_trace: &TraceHeaders) -> Span {
     let span = tracing::info_span!(
         "send",
-        otel.name = format!("send {queue}"),
+        otel.name = format!("send {}", endpoint.queue),
         otel.kind = "producer",
         messaging.system = semconv::MESSAGING_SYSTEM_REDIS,
         messaging.operation.type = "send",
         messaging.operation.name = "replay",
-        messaging.destination.name = queue,
+        messaging.destination.name = &*endpoint.queue,
+        messaging.destination.partition.id = endpoint.partition.as_deref(),
+        messaging.message.id = Empty,
+        messaging.message.body.size = job.payload.as_str().len(),
+        server.address = endpoint.server_address(),
+        server.port = endpoint.server_port(),
+        error.type = Empty,
         jobstream.job.id = %job.id,
         jobstream.job.kind = %job.kind,
         jobstream.job.attempt = 1,
