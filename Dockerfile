@@ -1,7 +1,8 @@
 # jobstream: one image with both binaries (`producer`, `consumer`), running as a non-root user.
 #
 #   docker build -t jobstream:local .                       # multi-stage: builds in a Rust image (default)
-#   docker build -t jobstream:local --target prebuilt .     # copies binaries built on the host (target/release)
+#   docker build -t jobstream:local --target prebuilt .     # copies binaries built on the host (target/release;
+#                                                           # --build-arg PROFILE=production for target/production)
 #
 # The `prebuilt` stage comes first so that the legacy builder (DOCKER_BUILDKIT=0) stops there and needs no
 # Rust image: the offline smoke test (scripts/docker-smoke) uses it with a locally made base image.
@@ -28,7 +29,8 @@ COPY target/${PROFILE}/producer target/${PROFILE}/consumer /usr/local/bin/
 FROM ${BUILDER_IMAGE} AS builder
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bins && strip target/release/producer target/release/consumer
+# The `production` profile (Cargo.toml): release with link-time optimisation, as bench/ measures it.
+RUN cargo build --profile production --locked --bins && strip target/production/producer target/production/consumer
 
 FROM base AS runtime
-COPY --from=builder /src/target/release/producer /src/target/release/consumer /usr/local/bin/
+COPY --from=builder /src/target/production/producer /src/target/production/consumer /usr/local/bin/

@@ -3,8 +3,8 @@
 (100 % sampled, OTLP http/protobuf to bench/run's counting receiver), alternating runs on one private Redis.
 
 Usage: bench/spans_cost.py BASE_BIN_DIR [--jobs N] [--repeat K]
-  BASE_BIN_DIR  the release binaries of the commit to compare with (e.g. built from a worktree of it);
-                this checkout's are target/release (cargo build --release --bins --examples first).
+  BASE_BIN_DIR  the production (or release) binaries of the commit to compare with (e.g. built from a worktree of it);
+                this checkout's are target/production (cargo build --profile production --bins --examples).
 Prints, per build, the median jobs/s with the range, spans per job, and CPU µs per job per process.
 """
 

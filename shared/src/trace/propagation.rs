@@ -209,10 +209,13 @@ fn check_limits(headers: &TraceHeaders) -> Result<(), ContextError> {
     Ok(())
 }
 
-/// Writes `cx` (its span context and baggage) as W3C fields, refusing fields past the W3C limits.
+/// Writes `cx` (its span context and baggage) as W3C fields, refusing fields past the W3C limits. An empty
+/// `tracestate` (the propagator writes one for every context) is left out: W3C treats a missing and an empty
+/// header alike, and every entry would otherwise carry a field of nothing.
 pub fn inject(cx: &Context) -> Result<TraceHeaders, ContextError> {
     let mut headers = TraceHeaders::default();
     PROPAGATOR.inject_context(cx, &mut headers);
+    headers.0.retain(|_, value| !value.is_empty());
     check_limits(&headers)?;
     Ok(headers)
 }
