@@ -28,6 +28,10 @@ static PROPAGATOR: LazyLock<TextMapCompositePropagator> = LazyLock::new(|| {
     TextMapCompositePropagator::new(vec![Box::new(TraceContextPropagator::new()), Box::new(BaggagePropagator::new())])
 });
 
+/// The Trace Context propagator alone: what an entry with no `baggage` needs (the composite's baggage half would
+/// only copy the context).
+static TRACE_CONTEXT: LazyLock<TraceContextPropagator> = LazyLock::new(TraceContextPropagator::new);
+
 const TRACE_FIELDS: [&str; 3] = [field::TRACEPARENT, field::TRACESTATE, field::BAGGAGE];
 
 /// The W3C trace fields of one entry: the carrier the propagators write to and read from.
@@ -249,7 +253,11 @@ pub fn extract(headers: &TraceHeaders) -> (Context, ContextStatus) {
         return (Context::new(), ContextStatus::Missing);
     };
     let cut = headers.truncated();
-    let cx = PROPAGATOR.extract(cut.as_ref().map_or(headers, |(cut, _)| cut));
+    let headers = cut.as_ref().map_or(headers, |(cut, _)| cut);
+    let cx = match headers.get(field::BAGGAGE) {
+        None => TRACE_CONTEXT.extract(headers),
+        Some(_) => PROPAGATOR.extract(headers),
+    };
     if cx.span().span_context().is_valid() {
         (cx, ContextStatus::Continued)
     } else {
@@ -270,7 +278,6 @@ pub(crate) fn span_context_of(traceparent: &[u8]) -> Option<opentelemetry::trace
             vec![field::TRACEPARENT]
         }
     }
-    static TRACE_CONTEXT: LazyLock<TraceContextPropagator> = LazyLock::new(TraceContextPropagator::new);
     let value = std::str::from_utf8(traceparent).ok()?;
     let cx = TRACE_CONTEXT.extract(&One(value));
     let span_context = cx.span().span_context().clone();

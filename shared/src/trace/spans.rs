@@ -89,8 +89,9 @@ pub(crate) struct Consumer<'a> {
     pub(crate) endpoint: &'a Endpoint,
 }
 
-/// The `process <Q>` span of one attempt at `delivery`; `job` is `None` when the entry did not decode.
-pub(crate) fn process(consumer: Consumer<'_>, delivery: &Delivery, job: Option<&Job>) -> Span {
+/// The `process <Q>` span of one attempt at `delivery`; `job` is `None` when the entry did not decode;
+/// `context` is what became of the entry's trace context ([`ContextStatus::label`]).
+pub(crate) fn process(consumer: Consumer<'_>, delivery: &Delivery, job: Option<&Job>, context: &str) -> Span {
     let endpoint = consumer.endpoint;
     // Values are recorded at creation (an absent `Option` records nothing): each later `record` costs a
     // lookup in the subscriber, per job.
@@ -117,18 +118,24 @@ pub(crate) fn process(consumer: Consumer<'_>, delivery: &Delivery, job: Option<&
         jobstream.job.kind = job.map(|j| j.kind.as_str()),
         jobstream.job.attempt = job.map(|j| j.attempt),
         jobstream.queue.wait_ms = job.map(|j| crate::clock::now_ms().saturating_sub(j.enqueued_at_ms)),
-        jobstream.trace.context = Empty,
+        jobstream.trace.context = context,
         jobstream.trace.context_error = Empty,
         jobstream.job.timeout_ms = Empty,
         error.type = Empty,
     )
 }
 
-/// Makes the `process` span continue the trace in the entry's `trace` fields, as a child or with a link per
-/// `mode`, and records what became of that context; an invalid one is logged and the span stays a new root.
-pub(crate) fn continue_trace(span: &Span, trace: &TraceHeaders, mode: TraceMode, message_id: &str) {
-    let (parent, status) = propagation::extract(trace);
-    span.record(semconv::TRACE_CONTEXT, status.label());
+/// Makes the `process` span continue `parent`, the context [`propagation::extract`] read from the entry's
+/// `trace` fields with `status`, as a child or with a link per `mode`; records the fields it cut; an invalid
+/// context is logged and the span stays a new root.
+pub(crate) fn continue_trace(
+    span: &Span,
+    parent: opentelemetry::Context,
+    status: &ContextStatus,
+    trace: &TraceHeaders,
+    mode: TraceMode,
+    message_id: &str,
+) {
     propagation::record_truncation(span, trace);
     match status {
         ContextStatus::Continued => match mode {
@@ -137,7 +144,7 @@ pub(crate) fn continue_trace(span: &Span, trace: &TraceHeaders, mode: TraceMode,
             }
             TraceMode::Link => span.add_link(parent.span().span_context().clone()),
         },
-        ContextStatus::Invalid(ref e) => {
+        ContextStatus::Invalid(e) => {
             span.record(semconv::TRACE_CONTEXT_ERROR, e.to_string());
             tracing::warn!(parent: span, %message_id, error = %e, "trace context not continued; new root trace");
         }

@@ -18,7 +18,7 @@ use crate::handler::JobFailure;
 use crate::job::{field, fields_from_raw, AttemptContext, Context, Job, ProgressSink};
 use crate::loadprobe::Mark;
 use crate::stream::{DeadReason, Delivery};
-use crate::trace::propagation::TraceHeaders;
+use crate::trace::propagation::{self, TraceHeaders};
 use crate::trace::spans;
 
 /// What became of one attempt.
@@ -61,19 +61,25 @@ pub(super) struct Tracked {
 /// until it is settled.
 pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
     let decoded = fields_from_raw(&delivery.fields).and_then(|fields| Job::from_fields(fields, &shared.config.limits));
-    let span = spans::process(shared.span_consumer(), &delivery, decoded.as_ref().ok());
-    let mark = decoded.as_ref().ok().and_then(|job| shared.probes.mark(job));
+    let raw_trace;
     let trace = match &decoded {
-        Ok(job) => job.trace.clone(),
-        Err(_) => raw_trace_headers(&delivery),
+        Ok(job) => &job.trace,
+        Err(_) => {
+            raw_trace = raw_trace_headers(&delivery);
+            &raw_trace
+        }
     };
+    // Extracted first, so that what became of the context is recorded when the span is made.
+    let (parent, status) = propagation::extract(trace);
+    let span = spans::process(shared.span_consumer(), &delivery, decoded.as_ref().ok(), status.label());
+    let mark = decoded.as_ref().ok().and_then(|job| shared.probes.mark(job));
     // A job marked `trace_mode=link` (scheduled far ahead) is linked whatever the queue-wide mode.
     let mode = if delivery.field(field::TRACE_MODE) == Some(field::TRACE_MODE_LINK.as_bytes()) {
         TraceMode::Link
     } else {
         shared.config.trace_mode
     };
-    spans::continue_trace(&span, &trace, mode, &delivery.message_id);
+    spans::continue_trace(&span, parent, &status, trace, mode, &delivery.message_id);
 
     shared.stats.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let in_flight = &shared.hot.in_flight;
