@@ -1,8 +1,7 @@
 # jobstream: one image with both binaries (`producer`, `consumer`), running as a non-root user.
 #
 #   docker build -t jobstream:local .                       # multi-stage: builds in a Rust image (default)
-#   docker build -t jobstream:local --target prebuilt .     # copies binaries built on the host (target/release;
-#                                                           # --build-arg PROFILE=production for target/production)
+#   docker build -t jobstream:local --target prebuilt .     # copies binaries built on the host (target/release)
 #
 # The `prebuilt` stage comes first so that the legacy builder (DOCKER_BUILDKIT=0) stops there and needs no
 # Rust image: the offline smoke test (scripts/docker-smoke) uses it with a locally made base image.

@@ -69,8 +69,11 @@ def binary_env_vars(name):
             out = subprocess.run([os.path.join(BIN, name), sub, "--help"], capture_output=True, text=True)
             helps.append(out.stdout)
     # Variables read outside the flags, by the telemetry set-up shared by both binaries.
-    with open(os.path.join(ROOT, "shared", "src", "telemetry.rs")) as f:
-        telemetry = set(re.findall(r'"(JOBSTREAM_[A-Z_]+)"', f.read()))
+    telemetry = set()
+    folder = os.path.join(ROOT, "shared", "src", "telemetry")
+    for source in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, source)) as f:
+            telemetry |= set(re.findall(r'"(JOBSTREAM_[A-Z_]+)"', f.read()))
     return set(re.findall(r"\[env: ([A-Z0-9_]+)", "\n".join(helps))) | telemetry
 
 
