@@ -438,38 +438,73 @@ impl Job {
     }
 
     /// Decodes an entry's fields. Unknown fields are kept in [`Job::extra`].
-    pub fn from_fields(mut fields: Fields, limits: &Limits) -> Result<Self, DecodeError> {
-        let mut take = |name: &'static str| fields.remove(name).ok_or(DecodeError::MissingField(name));
-        let version = take(field::VERSION)?;
-        if version != WIRE_VERSION {
-            return Err(DecodeError::UnsupportedVersion(version));
+    pub fn from_fields(fields: Fields, limits: &Limits) -> Result<Self, DecodeError> {
+        Self::from_pairs(fields.iter().map(|(name, value)| Ok((name.as_str(), value.as_str()))), limits)
+    }
+
+    /// Decodes an entry's fields byte for byte as Redis holds them: [`fields_from_raw`] then
+    /// [`Job::from_fields`], with the same result and errors, but without building the field map first (what a
+    /// worker does for every delivery).
+    pub fn from_raw(raw: &[(Vec<u8>, Vec<u8>)], limits: &Limits) -> Result<Self, DecodeError> {
+        if raw.len() > MAX_FIELDS {
+            return Err(DecodeError::TooManyFields { count: raw.len() });
         }
-        let id = take(field::ID)?;
-        let id = JobId::parse(&id).map_err(|e| invalid(field::ID, e))?;
-        let kind = JobKind::parse(&take(field::KIND)?).map_err(|e| invalid(field::KIND, e))?;
-        let payload = take(field::PAYLOAD)?;
+        Self::from_pairs(raw.iter().map(|(name, value)| utf8_field(name, value)), limits)
+    }
+
+    /// Decodes `(name, value)` pairs in entry order; a later pair with a name overrides an earlier one, as in a
+    /// field map.
+    fn from_pairs<'a>(
+        pairs: impl Iterator<Item = Result<(&'a str, &'a str), DecodeError>>,
+        limits: &Limits,
+    ) -> Result<Self, DecodeError> {
+        let (mut version, mut id, mut kind, mut payload, mut enqueued_at, mut attempt) =
+            (None, None, None, None, None, None);
+        let mut trace = TraceHeaders::default();
+        let mut extra = Fields::new();
+        for pair in pairs {
+            let (name, value) = pair?;
+            match name {
+                field::VERSION => version = Some(value),
+                field::ID => id = Some(value),
+                field::KIND => kind = Some(value),
+                field::PAYLOAD => payload = Some(value),
+                field::ENQUEUED_AT => enqueued_at = Some(value),
+                field::ATTEMPT => attempt = Some(value),
+                field::TRACEPARENT | field::TRACESTATE | field::BAGGAGE => trace.insert(name, value),
+                _ => {
+                    extra.insert(name.to_owned(), value.to_owned());
+                }
+            }
+        }
+        let take = |value: Option<&'a str>, name: &'static str| value.ok_or(DecodeError::MissingField(name));
+        let version = take(version, field::VERSION)?;
+        if version != WIRE_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version.to_owned()));
+        }
+        let id = JobId::parse(take(id, field::ID)?).map_err(|e| invalid(field::ID, e))?;
+        let kind = JobKind::parse(take(kind, field::KIND)?).map_err(|e| invalid(field::KIND, e))?;
+        let payload = take(payload, field::PAYLOAD)?;
         if payload.len() > limits.max_payload_bytes {
             return Err(DecodeError::PayloadTooLarge { size: payload.len(), limit: limits.max_payload_bytes });
         }
         let payload = Payload::parse(payload, limits).map_err(|e| invalid(field::PAYLOAD, e))?;
-        let enqueued_at_ms = take(field::ENQUEUED_AT)?.parse::<u64>().map_err(|e| invalid(field::ENQUEUED_AT, e))?;
-        let attempt = take(field::ATTEMPT)?.parse::<u32>().map_err(|e| invalid(field::ATTEMPT, e))?;
+        let enqueued_at_ms =
+            take(enqueued_at, field::ENQUEUED_AT)?.parse::<u64>().map_err(|e| invalid(field::ENQUEUED_AT, e))?;
+        let attempt = take(attempt, field::ATTEMPT)?.parse::<u32>().map_err(|e| invalid(field::ATTEMPT, e))?;
         if attempt == 0 {
             return Err(invalid(field::ATTEMPT, "must be 1 or more"));
         }
-        let trace = TraceHeaders::take_from(&mut fields);
-        Ok(Self {
-            id,
-            kind,
-            payload,
-            enqueued_at_ms,
-            attempt,
-            trace,
-            extra: fields,
-            source: None,
-            context: Context::default(),
-        })
+        Ok(Self { id, kind, payload, enqueued_at_ms, attempt, trace, extra, source: None, context: Context::default() })
     }
+}
+
+/// One raw field as text, or why it is not.
+fn utf8_field<'a>(name: &'a [u8], value: &'a [u8]) -> Result<(&'a str, &'a str), DecodeError> {
+    let name =
+        std::str::from_utf8(name).map_err(|_| DecodeError::NameNotUtf8(String::from_utf8_lossy(name).into_owned()))?;
+    let value = std::str::from_utf8(value).map_err(|_| DecodeError::NotUtf8(name.to_owned()))?;
+    Ok((name, value))
 }
 
 fn invalid(field: &'static str, reason: impl fmt::Display) -> DecodeError {
@@ -483,12 +518,7 @@ pub fn fields_from_raw(raw: &[(Vec<u8>, Vec<u8>)]) -> Result<Fields, DecodeError
         return Err(DecodeError::TooManyFields { count: raw.len() });
     }
     raw.iter()
-        .map(|(name, value)| {
-            let name = std::str::from_utf8(name)
-                .map_err(|_| DecodeError::NameNotUtf8(String::from_utf8_lossy(name).into_owned()))?;
-            let value = std::str::from_utf8(value).map_err(|_| DecodeError::NotUtf8(name.to_owned()))?;
-            Ok((name.to_owned(), value.to_owned()))
-        })
+        .map(|(name, value)| utf8_field(name, value).map(|(name, value)| (name.to_owned(), value.to_owned())))
         .collect()
 }
 
@@ -576,5 +606,47 @@ mod tests {
         assert_eq!(fields_from_raw(&bad_value), Err(DecodeError::NotUtf8("payload".into())));
         let wide: Vec<_> = (0..=MAX_FIELDS).map(|i| (i.to_string().into_bytes(), Vec::new())).collect();
         assert_eq!(fields_from_raw(&wide), Err(DecodeError::TooManyFields { count: MAX_FIELDS + 1 }));
+    }
+
+    proptest::proptest! {
+        /// The worker's direct decoding agrees with the field map's, job for job and error for error: fields in
+        /// any order, duplicated, missing, malformed, or not UTF-8.
+        #[test]
+        fn decoding_raw_fields_agrees_with_the_field_map(
+            pairs in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "v", "id", "kind", "payload", "enqueued_at", "attempt", "traceparent", "tracestate",
+                        "baggage", "x", "TraceParent", "\u{ff}",
+                    ]),
+                    proptest::sample::select(vec![
+                        "1", "2", "0", "01960000-0000-7000-8000-000000000000", "demo", "{}", "[1]", "not json",
+                        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "", "\u{ff}",
+                    ]),
+                ),
+                0..14,
+            ),
+            valid_at in proptest::option::of(0usize..14),
+        ) {
+            // "\u{ff}" stands for bytes that are not UTF-8.
+            let bytes = |s: &str| if s == "\u{ff}" { vec![0xff, 0xfe] } else { s.as_bytes().to_vec() };
+            let mut raw: Vec<(Vec<u8>, Vec<u8>)> = pairs.iter().map(|(n, v)| (bytes(n), bytes(v))).collect();
+            // Often a whole valid job among them, so that both decodings also succeed.
+            if let Some(at) = valid_at {
+                let job = sample();
+                let job = job.to_fields();
+                let at = at.min(raw.len());
+                raw.splice(at..at, job.iter().map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec())));
+            }
+            let via_map = fields_from_raw(&raw).and_then(|fields| Job::from_fields(fields, &limits()));
+            let direct = Job::from_raw(&raw, &limits());
+            match (via_map, direct) {
+                (Ok(a), Ok(b)) => proptest::prop_assert_eq!(
+                    (a.id, a.kind, a.payload, a.enqueued_at_ms, a.attempt, a.trace, a.extra),
+                    (b.id, b.kind, b.payload, b.enqueued_at_ms, b.attempt, b.trace, b.extra)
+                ),
+                (a, b) => proptest::prop_assert_eq!(a.err(), b.err()),
+            }
+        }
     }
 }

@@ -44,6 +44,11 @@ impl TraceHeaders {
         Self(TRACE_FIELDS.iter().filter_map(|name| fields.remove_entry(*name)).collect())
     }
 
+    /// Sets the trace field `name` (one of the three, as the entry names it) to `value`.
+    pub(crate) fn insert(&mut self, name: &str, value: &str) {
+        self.0.insert(name.to_owned(), value.to_owned());
+    }
+
     /// Builds headers from `(name, value)` pairs, keeping only the W3C trace fields.
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         Self(
@@ -266,6 +271,12 @@ pub fn extract(headers: &TraceHeaders) -> (Context, ContextStatus) {
     }
 }
 
+/// Whether a `traceparent` value says its trace is sampled (the low bit of its last hex digit, the flags), read
+/// without parsing it: a cheap test before [`span_context_of`], which parses.
+pub(crate) fn says_sampled(traceparent: &[u8]) -> bool {
+    traceparent.last().is_some_and(|last| matches!(last, b'1' | b'3' | b'5' | b'7' | b'9' | b'b' | b'd' | b'f'))
+}
+
 /// The span context in a `traceparent` value alone (no `tracestate`, no baggage): what a link to a message's
 /// creation context needs. `None` when it is not a valid context.
 pub(crate) fn span_context_of(traceparent: &[u8]) -> Option<opentelemetry::trace::SpanContext> {
@@ -417,6 +428,14 @@ mod tests {
         );
         let refused = inject(&Context::new().with_remote_span_context(sc));
         assert!(matches!(refused, Err(ContextError::TracestateTooLarge { members: 10, .. })));
+    }
+
+    #[test]
+    fn the_sampled_flag_is_read_without_parsing() {
+        assert!(says_sampled(PARENT.as_bytes()));
+        assert!(!says_sampled(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"));
+        assert!(says_sampled(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03"), "other flags set too");
+        assert!(!says_sampled(b""));
     }
 
     #[test]

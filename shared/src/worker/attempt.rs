@@ -15,7 +15,7 @@ use opentelemetry::trace::TraceContextExt as _;
 use super::acker::AckSender;
 use super::{settle, Shared, TraceMode};
 use crate::handler::JobFailure;
-use crate::job::{field, fields_from_raw, AttemptContext, Context, Job, ProgressSink};
+use crate::job::{field, AttemptContext, Context, Job, ProgressSink};
 use crate::loadprobe::Mark;
 use crate::stream::{DeadReason, Delivery};
 use crate::trace::propagation::{self, TraceHeaders};
@@ -60,7 +60,7 @@ pub(super) struct Tracked {
 /// Runs one attempt at `delivery` and settles its outcome; the entry counts as in flight (its claim renewed)
 /// until it is settled.
 pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
-    let decoded = fields_from_raw(&delivery.fields).and_then(|fields| Job::from_fields(fields, &shared.config.limits));
+    let decoded = Job::from_raw(&delivery.fields, &shared.config.limits);
     let raw_trace;
     let trace = match &decoded {
         Ok(job) => &job.trace,

@@ -67,7 +67,9 @@ impl<'a> Reader<'a> {
         match read {
             Ok(deliveries) => {
                 shared.messaging.received(deliveries.len() as u64, took, None);
-                if deliveries.is_empty() {
+                // No `receive` span unless an entry's trace is sampled: tell from the flags before parsing any.
+                let sampled = |d: &Delivery| d.field(field::TRACEPARENT).is_some_and(propagation::says_sampled);
+                if !deliveries.iter().any(sampled) {
                     return;
                 }
                 let contexts: Vec<(SpanContext, &str)> = deliveries
