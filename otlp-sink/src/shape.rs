@@ -3,10 +3,11 @@
 //! arrived, no trace past a size bound. [`check`] counts each violation and keeps a few examples; tests assert a
 //! clean report, and `producer load --check-traces` prints it for users load-testing their tracing pipeline.
 //!
-//! What is what, by the messaging attributes (`docs/design.md`): a `send` span has
+//! What is what, by the messaging attributes (`docs/wire-format.md`): a `send` span has
 //! `messaging.operation.type=send` (a replay, `messaging.operation.name=replay`, is a new send of its job); a
 //! `process` span `process`; a settle span `settle`, either a child of the `process` span it settles (retry,
-//! dead letter) or a batch linking to it (`ack`).
+//! dead letter) or a batch linking to it (`ack`). A service that exports no settle span at all (the Node and
+//! Python example workers) is held to the `settle` event on each of its `process` spans instead.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -39,7 +40,8 @@ pub enum Violation {
     MissingSend,
     /// More than one `process` span for one attempt of one send.
     DuplicateProcess,
-    /// A `process` span no settle span accounts for (neither a child settle span nor a link from one).
+    /// A `process` span no settle span accounts for (neither a child settle span nor a link from one); for a
+    /// worker that makes no settle spans at all (the Node and Python examples), one without a `settle` event.
     Unsettled,
     /// A span whose parent span was never exported.
     Orphan,
@@ -181,6 +183,14 @@ pub fn check(spans: &[ReceivedSpan], rules: &Rules) -> Report {
         settled.extend(settle.parent_span_id.as_deref());
         settled.extend(settle.links.iter().map(|(_, span)| span.as_str()));
     }
+    // Services that make settle spans are held to them; the others (workers in other languages) to the
+    // `settle` event every worker writes on its `process` span.
+    let settling: HashSet<&str> = settles.iter().map(|s| s.service_name.as_str()).collect();
+    let is_settled = |process: &ReceivedSpan| {
+        settled.contains(process.span_id.as_str())
+            || (!settling.contains(process.service_name.as_str())
+                && process.events.iter().any(|(name, _)| name == "settle"))
+    };
 
     // Process spans: under (or linked to) their send, once per attempt, settled.
     let processes: Vec<&ReceivedSpan> = spans.iter().filter(|s| operation(s) == Some("process")).collect();
@@ -195,7 +205,7 @@ pub fn check(spans: &[ReceivedSpan], rules: &Rules) -> Report {
             let most = job_attempts.entry(job).or_default();
             *most = (*most).max(n);
         }
-        if !settled.contains(process.span_id.as_str()) {
+        if !is_settled(process) {
             report.violated(Violation::Unsettled, || {
                 format!("process span {} of job {} attempt {attempt}", process.span_id, job.unwrap_or("?"))
             });
@@ -294,6 +304,23 @@ mod tests {
         let report = check(&[send, process, ack], &Rules::default());
         assert!(report.is_clean(), "{report}");
         assert_eq!((report.sends, report.processes, report.settles, report.jobs, report.traces), (1, 1, 1, 1, 2));
+    }
+
+    #[test]
+    fn a_worker_without_settle_spans_is_held_to_its_settle_events() {
+        let send = with(span("s1", "t1", None, "send", &[]), job("j1", "1"));
+        let mut process = with(span("p1", "t1", Some("s1"), "process", &[]), job("j1", "1"));
+        process.service_name = "node-worker".into();
+        let report = check(&[send.clone(), process.clone()], &Rules::default());
+        assert_eq!(report.violations.get(&Violation::Unsettled), Some(&1), "{report}");
+        process.events.push(("settle".into(), BTreeMap::new()));
+        let report = check(&[send.clone(), process.clone()], &Rules::default());
+        assert!(report.is_clean(), "{report}");
+        // A service that does make settle spans gets no such pass.
+        let mut ack = span("a1", "t2", None, "settle", &[]);
+        ack.service_name = "node-worker".into();
+        let report = check(&[send, process, ack], &Rules::default());
+        assert_eq!(report.violations.get(&Violation::Unsettled), Some(&1), "{report}");
     }
 
     #[test]

@@ -176,6 +176,7 @@ async fn one_request_runs_through_rust_node_and_python_in_one_trace() {
             named(spans, CALLER_TRACE, "save-data").iter().any(|s| s.service_name == "python-worker")
                 && named(spans, CALLER_TRACE, "POST /v1/jobs").len() == 1
                 && named(spans, CALLER_TRACE, "save-data").len() == 3
+                && spans.iter().any(|s| s.name == "ack orders")
         })
         .await
         .unwrap_or_else(|spans| panic!("spans missing: {spans:#?}"));
@@ -192,6 +193,15 @@ async fn one_request_runs_through_rust_node_and_python_in_one_trace() {
     assert_eq!(traces, BTreeSet::from([CALLER_TRACE]), "every span exported is in the caller's trace");
     let services: BTreeSet<&str> = spans.iter().map(|s| s.service_name.as_str()).collect();
     assert_eq!(services, BTreeSet::from(["http-api", "node-worker", "python-worker", "rust-worker"]));
+
+    // The trace's shape across the three languages: three jobs each sent once and processed once under its
+    // send, each settled (the Rust worker by an `ack` span, the Node and Python ones by their `settle` events);
+    // the one span whose parent never arrived is the caller's own, which no process here exported.
+    let report = jobstream_otlp_sink::shape::check(&spans, &jobstream_otlp_sink::shape::Rules::default());
+    assert_eq!((report.jobs, report.sends, report.processes), (3, 3, 3), "{report}");
+    let orphan = jobstream_otlp_sink::shape::Violation::Orphan;
+    assert_eq!(report.violations, [(orphan, 1)].into(), "{report}");
+    assert!(report.examples[&orphan][0].contains(CALLER_SPAN), "{report}");
 
     // The chain of parents: caller → POST → send orders → process orders → send node-jobs → process node-jobs →
     // send py-jobs → process py-jobs, each worker's steps under its process span.
