@@ -364,3 +364,41 @@ async fn log_records_go_out_over_otlp_http_in_their_spans() {
 async fn log_records_go_out_over_otlp_grpc_in_their_spans() {
     logs_over("grpc").await;
 }
+
+/// Sampling is parent-based (DESIGN §4): a job whose producer did not sample its trace is processed unsampled,
+/// exports nothing (no `process`, `receive` or `ack` span, no child span), and still carries its trace id on to
+/// the jobs it enqueues, flags `00`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unsampled_trace_stays_unsampled_and_still_propagates() {
+    let fx = Fixture::start().await;
+    let queue = "unsampled";
+    let consumer = fx.spawn(fx.consumer(queue, "c0", &[]), "c0");
+    let mut producer = fx.producer();
+    producer.env("OTEL_TRACES_SAMPLER", "always_off");
+    let job = enqueue(producer, queue, "fanout", r#"{"children":2,"depth":1,"leaf":"demo"}"#, 1).remove(0);
+    // A sampled job beside it: the same consumer exports its spans, so the receiver is listening.
+    let sampled = enqueue(fx.producer(), queue, "noop", "{}", 1).remove(0);
+    let mut conn = fx.conn();
+    wait_until(WAIT, "the fanout job, its two children and the sampled job done", || {
+        done_counts(&mut conn, queue).len() == 4
+    });
+    assert_eq!(consumer.terminate(), Some(0), "exits 0, its spans flushed");
+
+    let entries: Vec<_> = entries_text(&mut conn, &keys(queue).stream)
+        .into_iter()
+        .filter(|e| e["traceparent"].split('-').nth(1) != Some(sampled.trace_id.as_str()))
+        .collect();
+    assert_eq!(entries.len(), 3, "{entries:#?}");
+    for entry in &entries {
+        let traceparent = &entry["traceparent"];
+        assert_eq!(traceparent.split('-').nth(1), Some(job.trace_id.as_str()), "one trace: {entries:#?}");
+        assert!(traceparent.ends_with("-00"), "unsampled all the way: {traceparent}");
+    }
+    let spans = fx.sink.spans();
+    let process = format!("process {queue}");
+    assert!(spans.iter().any(|s| s.trace_id == sampled.trace_id && s.name == process), "{spans:#?}");
+    for span in &spans {
+        assert_ne!(span.trace_id, job.trace_id, "nothing exported in the unsampled trace: {span:#?}");
+        assert!(span.links.iter().all(|(trace, _)| *trace != job.trace_id), "no link into it either: {span:#?}");
+    }
+}
