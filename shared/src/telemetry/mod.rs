@@ -288,13 +288,6 @@ pub fn init(service_name: &str) -> Result<Telemetry, TelemetryError> {
 /// Installs the global tracer provider, the W3C propagators and the tracing subscriber.
 pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryError> {
     let export = settings.export;
-    // The SDK reads OTEL_TRACES_SAMPLER itself (parent-based always-on when unset); these samplers never sample a
-    // span under an unsampled parent, so such a span needs none of its attributes built.
-    let sampler = std::env::var("OTEL_TRACES_SAMPLER").unwrap_or_default();
-    crate::trace::spans::set_unsampled_parent_decides(matches!(
-        sampler.trim(),
-        "" | "parentbased_always_on" | "parentbased_always_off" | "parentbased_traceidratio" | "always_off"
-    ));
     let resource = resource(&settings);
     let provider = provider(&settings, resource.clone())?;
     let meters = meter_provider(&settings, resource.clone())?;

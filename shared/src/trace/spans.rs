@@ -89,31 +89,6 @@ pub(crate) struct Consumer<'a> {
     pub(crate) endpoint: &'a Endpoint,
 }
 
-/// Whether an unsampled parent means an unsampled `process` span: true when the tracer provider's sampler is
-/// parent-based or `always_off`, as `telemetry::init` finds it; false (the safe side) until then, for a library
-/// user's own provider.
-static UNSAMPLED_PARENT_DECIDES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Says whether the installed sampler drops every span whose parent is not sampled ([`process_unsampled`]).
-pub(crate) fn set_unsampled_parent_decides(decides: bool) {
-    UNSAMPLED_PARENT_DECIDES.store(decides, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Whether the `process` span continuing `parent` will certainly not be sampled: a valid, unsampled parent
-/// under a sampler that follows it.
-pub(crate) fn certainly_unsampled(parent: &opentelemetry::Context) -> bool {
-    let parent = parent.span();
-    let parent = parent.span_context();
-    parent.is_valid() && !parent.is_sampled() && UNSAMPLED_PARENT_DECIDES.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// The `process <Q>` span of an attempt [`certainly_unsampled`]: no attributes, as none would be recorded (the
-/// bridge builds every attribute of a span before the sampler decides); it still carries the trace's context
-/// to the handler's spans and the jobs it enqueues.
-pub(crate) fn process_unsampled(consumer: Consumer<'_>) -> Span {
-    tracing::info_span!("process", otel.name = consumer.span_name, otel.kind = "consumer")
-}
-
 /// The `process <Q>` span of one attempt at `delivery`; `job` is `None` when the entry did not decode;
 /// `context` is what became of the entry's trace context ([`ContextStatus::label`]).
 pub(crate) fn process(consumer: Consumer<'_>, delivery: &Delivery, job: Option<&Job>, context: &str) -> Span {

@@ -71,11 +71,7 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
     };
     // Extracted first, so that what became of the context is recorded when the span is made.
     let (parent, status) = propagation::extract(trace);
-    let span = if spans::certainly_unsampled(&parent) {
-        spans::process_unsampled(shared.span_consumer())
-    } else {
-        spans::process(shared.span_consumer(), &delivery, decoded.as_ref().ok(), status.label())
-    };
+    let span = spans::process(shared.span_consumer(), &delivery, decoded.as_ref().ok(), status.label());
     let mark = decoded.as_ref().ok().and_then(|job| shared.probes.mark(job));
     // A job marked `trace_mode=link` (scheduled far ahead) is linked whatever the queue-wide mode.
     let mode = if delivery.field(field::TRACE_MODE) == Some(field::TRACE_MODE_LINK.as_bytes()) {
