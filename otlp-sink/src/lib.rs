@@ -1,9 +1,10 @@
 //! A real OTLP receiver, in process: it accepts `http/protobuf` export requests on `POST /v1/traces`,
 //! `/v1/metrics` and `/v1/logs` and the gRPC `TraceService`, `MetricsService` and `LogsService` `Export` calls,
 //! decodes them with the OpenTelemetry protobuf definitions, and keeps the spans, metric points and log records
-//! ([`received`]); [`shape`] checks the shape of the traces it received. The demo uses it to print the span tree of a job when no collector is configured, and the tests use
-//! it to check the spans a process really exported; the benchmarks count spans with it
-//! (`examples/otlp_counter.rs`). It binds loopback only.
+//! ([`received`]); [`shape`] checks the shape of the traces it received. The demo uses it to print the span tree
+//! of a job when no collector is configured, and the tests use it to check the spans a process really exported;
+//! the benchmarks count spans with it (`examples/otlp_counter.rs`); `producer load --check-traces` serves it for
+//! a load test's consumers. It binds the addresses it is given (loopback in the tests and the demo).
 //!
 //! It is a crate of its own, not published, so that the `jobstream` library (a gRPC *client*, through the OTLP
 //! exporter) does not pull a gRPC server into its users' builds.

@@ -40,8 +40,15 @@ pub enum Violation {
     MissingSend,
     /// More than one `process` span for one attempt of one send.
     DuplicateProcess,
-    /// A `process` span no settle span accounts for (neither a child settle span nor a link from one); for a
-    /// worker that makes no settle spans at all (the Node and Python examples), one without a `settle` event.
+    /// A job sent (and counted by [`Violation::DuplicateSend`]'s rule) that no `process` span ran: a consumer
+    /// that exported nothing, or a job still waiting.
+    Unprocessed,
+    /// A `process` span that did not continue its job's trace (`jobstream.trace.context` `missing` or
+    /// `invalid`) although the job's `send` span was exported: the context was lost on the way.
+    LostContext,
+    /// A `process` span no settle span accounts for (neither a child settle span nor a link from one, failed
+    /// settle spans not counting); for a worker that makes no settle spans at all (the Node and Python
+    /// examples), one without a `settle` event.
     Unsettled,
     /// A span whose parent span was never exported.
     Orphan,
@@ -59,6 +66,8 @@ impl Violation {
             Self::WrongParent => "wrong_parent",
             Self::MissingSend => "missing_send",
             Self::DuplicateProcess => "duplicate_process",
+            Self::Unprocessed => "unprocessed",
+            Self::LostContext => "lost_context",
             Self::Unsettled => "unsettled",
             Self::Orphan => "orphan",
             Self::OversizedTrace => "oversized_trace",
@@ -179,7 +188,8 @@ pub fn check(spans: &[ReceivedSpan], rules: &Rules) -> Report {
     let settles: Vec<&ReceivedSpan> = spans.iter().filter(|s| operation(s) == Some("settle")).collect();
     report.settles = settles.len();
     let mut settled: HashSet<&str> = HashSet::new();
-    for settle in &settles {
+    // A failed settle (an `XACK` given up, a move refused) settled nothing.
+    for settle in settles.iter().filter(|s| s.status != "error") {
         settled.extend(settle.parent_span_id.as_deref());
         settled.extend(settle.links.iter().map(|(_, span)| span.as_str()));
     }
@@ -210,7 +220,19 @@ pub fn check(spans: &[ReceivedSpan], rules: &Rules) -> Report {
                 format!("process span {} of job {} attempt {attempt}", process.span_id, job.unwrap_or("?"))
             });
         }
-        if process.attr("jobstream.trace.context") != Some("continued") {
+        // A worker that does not say (the attribute is optional) is held to its parent or link like one that
+        // continued the context.
+        if matches!(process.attr("jobstream.trace.context"), Some("missing" | "invalid")) {
+            if job.is_some_and(|j| sent_jobs.contains_key(j)) {
+                report.violated(Violation::LostContext, || {
+                    format!(
+                        "process span {} of job {}: context {:?} though its send was exported",
+                        process.span_id,
+                        job.unwrap_or("?"),
+                        process.attr("jobstream.trace.context")
+                    )
+                });
+            }
             continue;
         }
         let send = process
@@ -242,6 +264,11 @@ pub fn check(spans: &[ReceivedSpan], rules: &Rules) -> Report {
             None => report.violated(Violation::MissingSend, || {
                 format!("process span {} of job {}: no send span exported", process.span_id, job.unwrap_or("?"))
             }),
+        }
+    }
+    for job in sent_jobs.keys().filter(|job| !job_attempts.contains_key(*job)) {
+        if !processes.iter().any(|p| p.attr("jobstream.job.id") == Some(*job)) {
+            report.violated(Violation::Unprocessed, || format!("job {job} was sent but no process span ran it"));
         }
     }
     if let Some(max) = rules.max_attempts {
@@ -331,16 +358,24 @@ mod tests {
         let twice = with(span("p2", "t1", Some("s1"), "process", &[]), job("j1", "1"));
         let astray = with(span("p3", "t1", Some("x9"), "process", &[]), job("j1", "2"));
         let unsent = with(span("p4", "t3", None, "process", &[]), job("j2", "1"));
+        let never_run = with(span("s3", "t4", None, "send", &[]), job("j3", "1"));
+        let mut lost = with(span("p5", "t5", None, "process", &[]), job("j1", "3"));
+        lost.attributes.insert("jobstream.trace.context".into(), "missing".into());
+        let mut failed_ack = span("a1", "t6", None, "settle", &[]);
+        failed_ack.status = "error";
+        failed_ack.links.push(("t1".into(), "p1".into()));
         let rules = Rules { max_spans_per_trace: 4, max_attempts: Some(1) };
-        let report = check(&[send, again, unsettled, twice, astray, unsent], &rules);
+        let report = check(&[send, again, unsettled, twice, astray, unsent, never_run, lost, failed_ack], &rules);
         let count = |v| report.violations.get(&v).copied().unwrap_or(0);
         assert_eq!(count(Violation::DuplicateSend), 1, "{report}");
         assert_eq!(count(Violation::DuplicateProcess), 1, "{report}");
-        assert_eq!(count(Violation::Unsettled), 4, "{report}");
+        assert_eq!(count(Violation::Unsettled), 5, "a failed ack settles nothing: {report}");
+        assert_eq!(count(Violation::Unprocessed), 1, "{report}");
+        assert_eq!(count(Violation::LostContext), 1, "{report}");
         assert_eq!(count(Violation::WrongParent), 1, "{report}");
         assert_eq!(count(Violation::MissingSend), 1, "{report}");
         assert_eq!(count(Violation::Orphan), 1, "{report}");
         assert_eq!(count(Violation::OversizedTrace), 1, "{report}");
-        assert_eq!(count(Violation::TooManyAttempts), 1, "{report}");
+        assert_eq!(count(Violation::TooManyAttempts), 1, "j1 ran 3 attempts: {report}");
     }
 }

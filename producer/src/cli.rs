@@ -291,7 +291,9 @@ pub struct LoadArgs {
     /// OTEL_EXPORTER_OTLP_ENDPOINT at it (http://ADDR). After the run (needs --wait) and a quiet period, a report
     /// on stderr counts each violation: a job sent twice, a process span without its send span as parent or
     /// link, two process spans for one attempt, an attempt no settle span accounts for, a span whose parent never
-    /// arrived, a trace over --check-traces-max-spans. Exit status 1 when any is found.
+    /// arrived, a trace over --check-traces-max-spans, a job sent but never processed, a context lost on the way.
+    /// Exit status 1 when any is found. The receiver keeps every span in memory (~1 KiB each): size --jobs to
+    /// it. This run's own metrics and log records are not exported.
     #[arg(long, value_name = "ADDR", requires = "wait")]
     pub check_traces: Option<std::net::SocketAddr>,
     /// With --check-traces: how long no new span must arrive before the check (consumers export every

@@ -354,16 +354,13 @@ impl Producer {
                 for (span, _) in &spans {
                     send_failed(span, error_type(&e), &e.to_string());
                 }
-                partition.metrics.sent(jobs.len() as u64, took, Some(error_type(&e)));
+                partition.metrics.sent(0, jobs.len() as u64, took, error_type(&e));
                 self.count_error();
                 return Err(e);
             }
         };
         let refused = replies.iter().filter(|reply| reply.is_err()).count() as u64;
-        partition.metrics.sent(jobs.len() as u64 - refused, took, None);
-        if refused > 0 {
-            partition.metrics.sent(refused, Duration::ZERO, Some("redis_error"));
-        }
+        partition.metrics.sent(jobs.len() as u64 - refused, refused, took, "redis_error");
         let mut enqueued = Vec::with_capacity(jobs.len());
         let mut failed = 0;
         let mut first_error = None;
@@ -435,12 +432,12 @@ impl Producer {
         match &result {
             Ok((1, _, _)) => {
                 self.count_enqueued(&job.kind);
-                partition.metrics.sent(1, started.elapsed(), None);
+                partition.metrics.sent(1, 0, started.elapsed(), "");
             }
             Ok(_) => {}
             Err(e) => {
                 self.count_error();
-                partition.metrics.sent(1, started.elapsed(), Some(error_type(e)));
+                partition.metrics.sent(0, 1, started.elapsed(), error_type(e));
             }
         }
         let (created, record, message_id) = result.inspect_err(|e| {
@@ -558,11 +555,11 @@ impl Producer {
         .await;
         if let Err(e) = result {
             send_failed(&span, error_type(&e), &e.to_string());
-            partition.metrics.sent(1, started.elapsed(), Some(error_type(&e)));
+            partition.metrics.sent(0, 1, started.elapsed(), error_type(&e));
             self.count_error();
             return Err(e);
         }
-        partition.metrics.sent(1, started.elapsed(), None);
+        partition.metrics.sent(1, 0, started.elapsed(), "");
         self.count_enqueued(&job.kind);
         Ok(Enqueued {
             job_id: job.id,

@@ -104,9 +104,17 @@ impl MessagingMetrics {
         }
     }
 
-    /// `messages` sent by one XADD round trip that took `took`; `error` is its `error.type` when it failed.
-    pub(crate) fn sent(&self, messages: u64, took: Duration, error: Option<&str>) {
-        self.sent.add(messages, &with_error(&self.send_attributes, error));
+    /// One send round trip that took `took`: `taken` messages Redis took, and `refused` it refused with the
+    /// `error.type` `error` (all of them when the round trip itself failed). The operation counts as failed,
+    /// with that `error.type`, when any was refused.
+    pub(crate) fn sent(&self, taken: u64, refused: u64, took: Duration, error: &str) {
+        if taken > 0 {
+            self.sent.add(taken, &self.send_attributes);
+        }
+        let error = (refused > 0).then_some(error);
+        if let Some(error) = error {
+            self.sent.add(refused, &with_error(&self.send_attributes, Some(error)));
+        }
         self.operation.record(took.as_secs_f64(), &with_error(&self.send_operation, error));
     }
 

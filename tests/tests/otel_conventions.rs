@@ -402,3 +402,21 @@ async fn an_unsampled_trace_stays_unsampled_and_still_propagates() {
         assert!(span.links.iter().all(|(trace, _)| *trace != job.trace_id), "no link into it either: {span:#?}");
     }
 }
+
+/// The exporter variables of metrics and logs take any of the specification's values: a process told
+/// `OTEL_METRICS_EXPORTER=prometheus` or `OTEL_LOGS_EXPORTER=console` runs (metrics stay on `/metrics`, logs on
+/// stderr), and a signal that is not exported does not read its settings (a CA file that is not there, a
+/// time-out that is not a number, are no reason to refuse to start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn other_exporters_and_settings_of_signals_that_are_off_do_not_stop_a_process() {
+    let fx = Fixture::start().await;
+    for env in [
+        vec![("OTEL_METRICS_EXPORTER", "prometheus"), ("OTEL_LOGS_EXPORTER", "console")],
+        vec![("OTEL_TRACES_EXPORTER", "none"), ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")],
+        vec![("OTEL_METRICS_EXPORTER", "none"), ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "soon")],
+    ] {
+        let mut producer = fx.producer();
+        producer.envs(env.iter().copied());
+        enqueue(producer, "lists", "noop", "{}", 1);
+    }
+}

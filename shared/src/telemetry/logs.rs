@@ -53,8 +53,15 @@ where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
-        let spans = ctx.event_scope(event).into_iter().flatten().map(|span| span.id());
-        let _attached = traced_context(spans, &self.dispatch).map(opentelemetry::Context::attach);
+        // The SDK's own logs run with telemetry suppressed so that they never feed the pipeline they come from
+        // (an emit after shutdown logs a warning, which would be emitted, …): attaching a span's context would
+        // lift that, so a suppressed event goes to the bridge as it is (which drops it).
+        let _attached = if opentelemetry::Context::is_current_telemetry_suppressed() {
+            None
+        } else {
+            let spans = ctx.event_scope(event).into_iter().flatten().map(|span| span.id());
+            traced_context(spans, &self.dispatch).map(opentelemetry::Context::attach)
+        };
         self.bridge.on_event(event, ctx);
     }
 }

@@ -13,8 +13,9 @@
 //! names a PEM file, against the CAs in that file alone. `OTEL_EXPORTER_OTLP_HEADERS` (e.g. `api-key=secret`)
 //! and `OTEL_EXPORTER_OTLP_TIMEOUT` (ms), and their `_TRACES_` variants, which win, are honoured too (the
 //! exporter reads the headers itself; they are never logged). TLS uses rustls with the `ring` provider, the
-//! same as `rediss://`. An export that fails is reported in one log line naming the endpoint and the cause, not
-//! once per batch; the jobs go on, and a line says so when export works again.
+//! same as `rediss://`. A span export that fails is reported in one log line naming the endpoint and the cause,
+//! not once per batch; the jobs go on, and a line says so when export works again. (Metrics and log records
+//! that cannot be exported are reported by the SDK's own warning, once per export attempt.)
 //!
 //! Logs go to stderr: JSON lines carrying `trace_id` and `span_id` when stderr is not a terminal, plain text when
 //! it is; `JOBSTREAM_LOG_FORMAT=json|text` overrides that and `RUST_LOG` filters them. Which spans are traced is
@@ -208,17 +209,23 @@ impl Export {
             Signal::Metrics => ("OTEL_METRICS_EXPORTER", false),
             Signal::Logs => ("OTEL_LOGS_EXPORTER", false),
         };
-        match env_value(exporter_var).as_deref() {
-            None if !default_on => return Ok(Self::Off),
-            None | Some("otlp") => {}
-            Some("none") => return Ok(Self::Off),
-            Some(other) => {
-                return Err(TelemetryError::Unsupported {
-                    var: exporter_var,
-                    value: other.to_owned(),
-                    supported: "otlp or none",
-                })
+        if signal == Signal::Traces {
+            match env_value(exporter_var).as_deref() {
+                None if !default_on => return Ok(Self::Off),
+                None | Some("otlp") => {}
+                Some("none") => return Ok(Self::Off),
+                Some(other) => {
+                    return Err(TelemetryError::Unsupported {
+                        var: exporter_var,
+                        value: other.to_owned(),
+                        supported: "otlp or none",
+                    })
+                }
             }
+        } else if !env_value(exporter_var).unwrap_or_default().split(',').any(|v| v.trim() == "otlp") {
+            // For metrics and logs the variable is a list (`otlp,console`, `prometheus`): exported over OTLP when
+            // it names `otlp`, off for anything else (the Prometheus endpoint and stderr stay) rather than refused.
+            return Ok(Self::Off);
         }
         let (name, protocol) = signal_var(signal, Setting::Protocol)
             .unwrap_or(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()));
@@ -306,16 +313,23 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
     // Only the attributes the spans are made with: no `busy_ns`/`idle_ns` (time taken on every enter and exit),
     // no `target`, no `code.*` source location and no `thread.*` on every span. Each is encoded and exported per
     // span; together they were a fifth of a `process` span's attributes, and no convention asks for them.
+    let scope = opentelemetry::InstrumentationScope::builder("jobstream")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .with_schema_url(crate::trace::semconv::SCHEMA_URL)
+        .build();
     let otel = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("jobstream"))
+        .with_tracer(provider.tracer_with_scope(scope))
         .with_tracked_inactivity(false)
         .with_target(false)
         .with_location(false)
         .with_threads(false)
         .with_filter(trace_filter);
     // Export failures are reported once by `ReportingExporter`; the SDK's own line per failed batch is dropped.
+    // Nor do the conventions' `messaging.*.exception` events reach stderr: they are span events and OTLP log
+    // records; stderr has the worker's own line about the same failure (one per retry, dead letter or outage).
     let quiet = tracing_subscriber::filter::filter_fn(|meta| {
         !(meta.target().starts_with("opentelemetry") && SDK_EXPORT_FAILURE_EVENTS.contains(&meta.name()))
+            && meta.target() != crate::trace::spans::EXCEPTION_TARGET
     });
     let dispatch = Arc::new(std::sync::OnceLock::new());
     let logs = match settings.log_format {
@@ -418,10 +432,12 @@ fn resource(settings: &TelemetrySettings) -> Resource {
 macro_rules! otlp_exporter {
     ($builder:expr, $signal:expr, $export:expr, $base:expr) => {{
         let (signal, base): (Signal, Option<&str>) = ($signal, $base);
-        let tls = TlsSettings::from_env(signal)?;
         let shown = shown_endpoint(signal, $export, base);
+        // Read only for a signal that is exported: a CA file or time-out is not checked for one that is off.
+        let tls = || TlsSettings::from_env(signal);
         match $export {
             Export::Grpc => {
+                let tls = tls()?;
                 let mut exporter = $builder.with_tonic();
                 if let Some(base) = base {
                     exporter = exporter.with_endpoint(base.to_owned());
@@ -438,6 +454,7 @@ macro_rules! otlp_exporter {
                 Some((exporter.build()?, shown, LastCause::default()))
             }
             Export::HttpProtobuf => {
+                let tls = tls()?;
                 let cause = LastCause::default();
                 let client = http_client(&tls, cause.clone())?;
                 let mut exporter = $builder.with_http().with_protocol(Protocol::HttpBinary).with_http_client(client);
@@ -476,8 +493,7 @@ fn meter_provider(
     let base = settings.endpoint.as_deref().map(|base| base.trim_end_matches('/'));
     let exporter =
         otlp_exporter!(opentelemetry_otlp::MetricExporter::builder(), Signal::Metrics, settings.metrics, base);
-    Ok(exporter.map(|(exporter, shown, _)| {
-        tracing::debug!(endpoint = %shown, "exporting metrics over OTLP");
+    Ok(exporter.map(|(exporter, _, _)| {
         opentelemetry_sdk::metrics::SdkMeterProvider::builder()
             .with_resource(resource)
             .with_periodic_exporter(exporter)
@@ -781,10 +797,14 @@ impl Telemetry {
     pub async fn shutdown(self, timeout: Duration) {
         let Self { provider, meters, loggers, .. } = self;
         let result = tokio::task::spawn_blocking(move || {
-            // Metrics and logs first: their last records may come from spans' ends.
-            let meters = meters.map(|m| m.shutdown_with_timeout(timeout));
-            let loggers = loggers.map(|l| l.shutdown_with_timeout(timeout));
-            (provider.shutdown_with_timeout(timeout), meters, loggers)
+            // One deadline for the three, so that a collector that is down costs `timeout` in all, not three
+            // times it (a pod's grace period covers the drain and this). Spans first: they matter most.
+            let deadline = std::time::Instant::now() + timeout;
+            let left = || deadline.saturating_duration_since(std::time::Instant::now()).max(Duration::from_millis(1));
+            let spans = provider.shutdown_with_timeout(left());
+            let meters = meters.map(|m| m.shutdown_with_timeout(left()));
+            let loggers = loggers.map(|l| l.shutdown_with_timeout(left()));
+            (spans, meters, loggers)
         })
         .await;
         if let Ok((spans, meters, loggers)) = result {

@@ -274,7 +274,9 @@ pub fn extract(headers: &TraceHeaders) -> (Context, ContextStatus) {
 /// Whether a `traceparent` value says its trace is sampled (the low bit of its last hex digit, the flags), read
 /// without parsing it: a cheap test before [`span_context_of`], which parses.
 pub(crate) fn says_sampled(traceparent: &[u8]) -> bool {
-    traceparent.last().is_some_and(|last| matches!(last, b'1' | b'3' | b'5' | b'7' | b'9' | b'b' | b'd' | b'f'))
+    // The flags are the fourth part (later versions may add parts after it; the propagator trims white space).
+    let flags = traceparent.trim_ascii().split(|b| *b == b'-').nth(3).unwrap_or_default();
+    flags.get(1).is_some_and(|last| matches!(last, b'1' | b'3' | b'5' | b'7' | b'9' | b'b' | b'd' | b'f'))
 }
 
 /// The span context in a `traceparent` value alone (no `tracestate`, no baggage): what a link to a message's
@@ -436,6 +438,8 @@ mod tests {
         assert!(!says_sampled(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"));
         assert!(says_sampled(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03"), "other flags set too");
         assert!(!says_sampled(b""));
+        assert!(says_sampled(b" 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01 "), "white space");
+        assert!(says_sampled(b"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-later"), "a later version");
     }
 
     #[test]

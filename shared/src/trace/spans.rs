@@ -158,6 +158,10 @@ pub(crate) fn record_error(span: &Span, error_type: &str, message: &str) {
     span.set_status(Status::error(message.to_owned()));
 }
 
+/// The `tracing` target of the `messaging.*.exception` events: span events and OTLP log records, kept off
+/// stderr (`telemetry::init`), where the worker's own line tells the same failure.
+pub(crate) const EXCEPTION_TARGET: &str = "jobstream::exception";
+
 /// Which operation failed, as the name of its `messaging.<operation>.exception` event says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Operation {
@@ -180,6 +184,7 @@ pub(crate) fn exception(span: &Span, operation: Operation, exception_type: &str,
         ($name:literal, $level:expr) => {
             tracing::event!(
                 name: $name,
+                target: EXCEPTION_TARGET,
                 parent: span,
                 $level,
                 { semconv::EXCEPTION_TYPE } = exception_type,
@@ -330,14 +335,16 @@ impl BatchSpans {
                 link
             })
             .collect();
-        let mut span = self
+        // A root whatever context is current (a caller may have instrumented the worker's task). The sampler then
+        // decides as for any root: the default parent-based sampler's root sampler samples every one.
+        let builder = self
             .tracer
             .span_builder(name.to_owned())
             .with_kind(SpanKind::Client)
             .with_start_time(operation.start)
             .with_attributes(attributes)
-            .with_links(links)
-            .start(&self.tracer);
+            .with_links(links);
+        let mut span = self.tracer.build_with_context(builder, &opentelemetry::Context::new());
         // A failed batch operation's exception is a span event only: the caller logs a run of failures once
         // (a read retried through an outage would otherwise log a line per retry).
         if let Some((error_type, message)) = operation.error {
