@@ -181,21 +181,28 @@ fn span_class(span: &ReceivedSpan) -> Option<&'static str> {
     }
 }
 
-/// `docs/wire-format.md`'s attribute table: attribute → the spans its "on" column names.
-fn documented_attributes() -> BTreeMap<String, String> {
+/// The rows of the first table after `marker` in `docs/wire-format.md`, each as its trimmed cells (the header
+/// and separator rows included).
+fn wire_format_table(marker: &str) -> Vec<Vec<String>> {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/wire-format.md")).unwrap();
-    let section = doc.split("**Attributes**").nth(1).expect("the Attributes table");
+    let section = doc.split(marker).nth(1).unwrap_or_else(|| panic!("{marker} in docs/wire-format.md"));
     section
         .lines()
         .skip_while(|l| !l.starts_with('|'))
         .take_while(|l| l.starts_with('|'))
-        .filter_map(|line| {
-            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-            let (names, on) = (cells.first()?, cells.get(2)?.to_string());
-            Some(names.split(", ").map(|n| (n.trim_matches('`').to_owned(), on.clone())).collect::<Vec<_>>())
-        })
-        .flatten()
+        .map(|line| line.trim_matches('|').split('|').map(|cell| cell.trim().to_owned()).collect())
         .collect()
+}
+
+/// `docs/wire-format.md`'s attribute table: attribute → the spans its "on" column names.
+fn documented_attributes() -> BTreeMap<String, String> {
+    let mut documented = BTreeMap::new();
+    for cells in wire_format_table("**Attributes**").into_iter().filter(|cells| cells.len() > 2) {
+        for name in cells[0].split(", ") {
+            documented.insert(name.trim_matches('`').to_owned(), cells[2].clone());
+        }
+    }
+    documented
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -295,19 +302,13 @@ async fn metrics_over(protocol: &str) {
 
 /// `docs/wire-format.md`'s metric table: metric → (kind as exported, unit, attribute names).
 fn documented_metrics() -> BTreeMap<String, (String, String, String)> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/wire-format.md")).unwrap();
-    let section = doc.split("## Metrics over OTLP").nth(1).expect("the metrics section");
-    section
-        .lines()
-        .skip_while(|l| !l.starts_with('|'))
-        .take_while(|l| l.starts_with('|'))
-        .filter_map(|line| {
-            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-            let name = cells.first()?.trim_matches('`');
-            name.starts_with("messaging.").then(|| {
-                let kind = if cells[1].starts_with("counter") { "sum" } else { "histogram" };
-                (name.to_owned(), (kind.to_owned(), cells[2].trim_matches('`').to_owned(), cells[3].to_owned()))
-            })
+    wire_format_table("## Metrics over OTLP")
+        .into_iter()
+        .filter(|cells| cells.len() > 3 && cells[0].starts_with("`messaging."))
+        .map(|cells| {
+            let kind = if cells[1].starts_with("counter") { "sum" } else { "histogram" };
+            let unit = cells[2].trim_matches('`').to_owned();
+            (cells[0].trim_matches('`').to_owned(), (kind.to_owned(), unit, cells[3].clone()))
         })
         .collect()
 }

@@ -191,6 +191,8 @@ async fn always_failing_jobs_back_off_then_go_to_the_dead_stream() {
         assert_eq!(run.len(), 1);
         assert_eq!(run[0].parent_span_id.as_deref(), Some(send.span_id.as_str()));
         assert_eq!(run[0].attr("jobstream.job.attempt"), Some("1"));
+        assert_eq!(send.attr("messaging.message.id"), run[0].attr("messaging.message.id"), "the new entry's id");
+        assert!(send.attr("jobstream.replay.of").is_some_and(|id| id.contains('-')), "the dead entry's id");
     }
 }
 

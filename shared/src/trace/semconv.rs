@@ -82,3 +82,5 @@ pub const SERVER_PORT: &str = "server.port";
 pub const EXCEPTION_TYPE: &str = "exception.type";
 /// `exception.message`, on a `messaging.*.exception` event.
 pub const EXCEPTION_MESSAGE: &str = "exception.message";
+/// On the `send` span of a replayed dead entry: the dead entry's id.
+pub const REPLAY_OF: &str = "jobstream.replay.of";

@@ -19,13 +19,19 @@ use crate::worker::TraceMode;
 /// The `send <Q>` span of one job put on the queue at `endpoint`; `name` is `send <Q>`, made once by the
 /// producer.
 pub(crate) fn send(name: &str, endpoint: &Endpoint, job: &Job) -> Span {
+    send_as(name, "send", endpoint, job)
+}
+
+/// A `send` span whose `messaging.operation.name` is `operation` (`send`, or `replay`). Set at creation: a
+/// value recorded later would be exported beside the first, not instead of it.
+fn send_as(name: &str, operation: &str, endpoint: &Endpoint, job: &Job) -> Span {
     tracing::info_span!(
         "send",
         otel.name = name,
         otel.kind = "producer",
         messaging.system = semconv::MESSAGING_SYSTEM_REDIS,
         messaging.operation.type = "send",
-        messaging.operation.name = "send",
+        messaging.operation.name = operation,
         messaging.destination.name = &*endpoint.queue,
         messaging.destination.partition.id = endpoint.partition.as_deref(),
         messaging.message.id = Empty,
@@ -38,6 +44,7 @@ pub(crate) fn send(name: &str, endpoint: &Endpoint, job: &Job) -> Span {
         error.type = Empty,
         jobstream.idempotent.duplicate = Empty,
         jobstream.job.scheduled_for = Empty,
+        jobstream.replay.of = Empty,
     )
 }
 
@@ -54,28 +61,12 @@ pub(crate) fn scheduled(span: &Span, due_ms: u64, linked: bool) {
     );
 }
 
-/// The `send <Q>` span of dead entry `dead_id` put back on the queue at `endpoint` as `job`, linked to the
-/// trace it died in (`old_trace`) when that context is valid.
+/// The `send <Q>` span of dead entry `dead_id` put back on the queue at `endpoint` as `job`: a `send` span
+/// whose operation is `replay`, naming the dead entry, linked to the trace it died in (`old_trace`) when that
+/// context is valid.
 pub(crate) fn replay(endpoint: &Endpoint, job: &Job, dead_id: &str, old_trace: &TraceHeaders) -> Span {
-    let span = tracing::info_span!(
-        "send",
-        otel.name = format!("send {}", endpoint.queue),
-        otel.kind = "producer",
-        messaging.system = semconv::MESSAGING_SYSTEM_REDIS,
-        messaging.operation.type = "send",
-        messaging.operation.name = "replay",
-        messaging.destination.name = &*endpoint.queue,
-        messaging.destination.partition.id = endpoint.partition.as_deref(),
-        messaging.message.id = Empty,
-        messaging.message.body.size = job.payload.as_str().len(),
-        server.address = endpoint.server_address(),
-        server.port = endpoint.server_port(),
-        error.type = Empty,
-        jobstream.job.id = %job.id,
-        jobstream.job.kind = %job.kind,
-        jobstream.job.attempt = 1,
-        jobstream.replay.of = dead_id,
-    );
+    let span = send_as(&format!("send {}", endpoint.queue), "replay", endpoint, job);
+    span.record(semconv::REPLAY_OF, dead_id);
     if let (cx, ContextStatus::Continued) = propagation::extract(old_trace) {
         span.add_link(cx.span().span_context().clone());
     }
