@@ -51,8 +51,8 @@ pub(super) struct Tracked {
     pub(super) traceparent: Option<String>,
     /// When the attempt started (unix ms).
     pub(super) started_ms: u64,
-    pub(super) trace_id: String,
-    pub(super) span_id: String,
+    /// The attempt's `process` span: its ids for the record, and the `ack` span's link to it.
+    pub(super) span_context: opentelemetry::trace::SpanContext,
     /// The attempt's context: its result.
     pub(super) context: Arc<AttemptContext>,
 }
@@ -102,8 +102,6 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
         });
         job.context = Context(context.clone());
         if let Some(key) = record {
-            let cx = span.context();
-            let span_cx = cx.span().span_context().clone();
             tracked = Some(Tracked {
                 key,
                 job_id: id.clone(),
@@ -113,8 +111,7 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
                 enqueued_at_ms: job.enqueued_at_ms,
                 traceparent: job.trace.get(field::TRACEPARENT).map(str::to_owned),
                 started_ms: crate::clock::now_ms(),
-                trace_id: span_cx.trace_id().to_string(),
-                span_id: span_cx.span_id().to_string(),
+                span_context: span.context().span().span_context().clone(),
                 context: context.clone(),
             });
         }

@@ -85,6 +85,8 @@ pub(super) async fn settle(
     tracked: Option<Tracked>,
 ) {
     let decision = decide(&outcome, &shared.config.retry, shared.config.max_deliveries);
+    // The `process` span's context, looked up once per attempt: a tracked attempt has it already.
+    let process = tracked.as_ref().map(|tracked| tracked.span_context.clone());
     let (finished, hash) = match tracked.map(|tracked| record_update(shared, &tracked, &outcome, &decision)) {
         Some(Record::Finished(update)) => (Some(update), None),
         Some(Record::Hash(update)) => (None, Some(update)),
@@ -115,7 +117,7 @@ pub(super) async fn settle(
     let moved = match &decision {
         Decision::Ack => {
             spans::settle_event(span, decision.event());
-            let process = span.context().span().span_context().clone();
+            let process = process.unwrap_or_else(|| span.context().span().span_context().clone());
             if !acks.send(Ack { id: delivery.message_id.clone(), mark, record: finished, process }) {
                 tracing::warn!(parent: span, message_id = %delivery.message_id, "acker stopped; job stays pending");
             }
@@ -226,8 +228,8 @@ fn record_update(shared: &Shared, tracked: &Tracked, outcome: &Outcome, decision
         ended_at: now,
         outcome,
         error,
-        trace_id: tracked.trace_id.clone(),
-        span_id: tracked.span_id.clone(),
+        trace_id: tracked.span_context.trace_id().to_string(),
+        span_id: tracked.span_context.span_id().to_string(),
     });
     if let Decision::Ack = decision {
         let state = if matches!(outcome, Outcome::Cancelled { .. }) { JobState::Cancelled } else { JobState::Done };
