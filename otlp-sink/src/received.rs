@@ -30,6 +30,8 @@ pub struct ReceivedSpan {
     pub kind: &'static str,
     /// Attributes, values rendered as text.
     pub attributes: BTreeMap<String, String>,
+    /// Each attribute's type as it was exported: `string`, `int`, `double`, `bool`, `array`, `kvlist` or `bytes`.
+    pub attribute_types: BTreeMap<String, &'static str>,
     /// `unset`, `ok` or `error`.
     pub status: &'static str,
     /// Status message, empty unless the span failed.
@@ -145,6 +147,7 @@ pub(crate) fn spans(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
                         _ => "unspecified",
                     },
                     attributes: attributes(&span.attributes),
+                    attribute_types: span.attributes.iter().map(|kv| (kv.key.clone(), type_of(kv))).collect(),
                     status: match status.code {
                         1 => "ok",
                         2 => "error",
@@ -275,6 +278,21 @@ fn render(value: &AnyValueMessage) -> String {
         Some(AnyValue::DoubleValue(d)) => d.to_string(),
         Some(other) => format!("{other:?}"),
         None => String::new(),
+    }
+}
+
+/// The type name of an attribute's value, as the specification's attribute tables name them.
+fn type_of(kv: &KeyValue) -> &'static str {
+    match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(AnyValue::StringValue(_)) => "string",
+        Some(AnyValue::BoolValue(_)) => "bool",
+        Some(AnyValue::IntValue(_)) => "int",
+        Some(AnyValue::DoubleValue(_)) => "double",
+        Some(AnyValue::ArrayValue(_)) => "array",
+        Some(AnyValue::KvlistValue(_)) => "kvlist",
+        Some(AnyValue::BytesValue(_)) => "bytes",
+        Some(AnyValue::StringValueStrindex(_)) => "string",
+        None => "empty",
     }
 }
 

@@ -297,6 +297,7 @@ mod tests {
             parent_span_id: parent.map(str::to_owned),
             name: op.into(),
             kind: "internal",
+            attribute_types: attributes.keys().map(|k| (k.clone(), "string")).collect(),
             attributes,
             status: "unset",
             status_message: String::new(),

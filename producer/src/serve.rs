@@ -222,7 +222,7 @@ async fn create_job(State(api): State<Api>, headers: HeaderMap, body: Result<Jso
     .instrument(span.clone())
     .await;
     let response = response.into_response();
-    span.record("http.response.status_code", response.status().as_u16());
+    span.record("http.response.status_code", i64::from(response.status().as_u16()));
     if response.status().is_server_error() {
         span.set_status(opentelemetry::trace::Status::error(response.status().to_string()));
     }

@@ -157,13 +157,16 @@ async fn spans_follow_the_messaging_conventions_and_every_trace_has_its_shape() 
     assert!(report.is_clean(), "{report}");
     assert_eq!((report.jobs, report.sends, report.processes), (ids.len(), 4, 6), "{report}");
 
-    // The docs' span attribute table names every attribute a run exported, on the spans it exported it on.
+    // The docs' span attribute table names every attribute a run exported, on the spans it exported it on, with
+    // the type it was exported as (an integer exported as its decimal text breaks a backend's numeric queries).
     let documented = documented_attributes();
     for span in &spans {
         let Some(kind) = span_class(span) else { continue };
-        for name in span.attributes.keys() {
-            let on = documented.get(name.as_str()).unwrap_or_else(|| panic!("{name} is not in docs/wire-format.md"));
+        for (name, exported) in &span.attribute_types {
+            let (ty, on) =
+                documented.get(name.as_str()).unwrap_or_else(|| panic!("{name} is not in docs/wire-format.md"));
             assert!(on.contains(kind), "docs/wire-format.md lists {name} on {on:?}, but a {kind} span has it");
+            assert_eq!(exported, ty, "{name} on a {kind} span is exported as {exported}; docs/wire-format.md: {ty}");
         }
     }
 }
@@ -194,12 +197,13 @@ fn wire_format_table(marker: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// `docs/wire-format.md`'s attribute table: attribute → the spans its "on" column names.
-fn documented_attributes() -> BTreeMap<String, String> {
+/// `docs/wire-format.md`'s attribute table: attribute → its type and the spans its "on" column names.
+fn documented_attributes() -> BTreeMap<String, (String, String)> {
     let mut documented = BTreeMap::new();
     for cells in wire_format_table("**Attributes**").into_iter().filter(|cells| cells.len() > 2) {
-        for name in cells[0].split(", ") {
-            documented.insert(name.trim_matches('`').to_owned(), cells[2].clone());
+        // A row may name several attributes, with as many types.
+        for (name, ty) in cells[0].split(", ").zip(cells[1].split(", ")) {
+            documented.insert(name.trim_matches('`').to_owned(), (ty.to_owned(), cells[2].clone()));
         }
     }
     documented

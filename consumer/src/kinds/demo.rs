@@ -143,7 +143,7 @@ impl JobHandler for Demo {
                 "step",
                 otel.name = *name,
                 demo.step = *name,
-                demo.latency_ms = latency.as_millis() as u64
+                demo.latency_ms = latency.as_millis() as i64
             );
             let result = async {
                 if !latency.is_zero() {

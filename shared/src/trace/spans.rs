@@ -35,12 +35,12 @@ fn send_as(name: &str, operation: &str, endpoint: &Endpoint, job: &Job) -> Span 
         messaging.destination.name = &*endpoint.queue,
         messaging.destination.partition.id = endpoint.partition.as_deref(),
         messaging.message.id = Empty,
-        messaging.message.body.size = job.payload.as_str().len(),
+        messaging.message.body.size = int(job.payload.as_str().len()),
         server.address = endpoint.server_address(),
         server.port = endpoint.server_port(),
         jobstream.job.id = %job.id,
         jobstream.job.kind = job.kind.as_str(),
-        jobstream.job.attempt = job.attempt,
+        jobstream.job.attempt = i64::from(job.attempt),
         error.type = Empty,
         jobstream.idempotent.duplicate = Empty,
         jobstream.job.scheduled_for = Empty,
@@ -51,7 +51,7 @@ fn send_as(name: &str, operation: &str, endpoint: &Endpoint, job: &Job) -> Span 
 /// Marks a `send` span as scheduling its job for `due_ms` (unix ms): the `jobstream.job.scheduled_for`
 /// attribute and a `scheduled` event, which also says whether the job will run in a linked trace.
 pub(crate) fn scheduled(span: &Span, due_ms: u64, linked: bool) {
-    span.record(semconv::JOB_SCHEDULED_FOR, due_ms);
+    span.record(semconv::JOB_SCHEDULED_FOR, int(due_ms));
     span.add_event(
         "scheduled",
         vec![
@@ -97,18 +97,18 @@ pub(crate) fn process(consumer: Consumer<'_>, delivery: &Delivery, job: Option<&
         messaging.destination.name = &*endpoint.queue,
         messaging.destination.partition.id = endpoint.partition.as_deref(),
         messaging.message.id = delivery.message_id.as_str(),
-        messaging.message.body.size = job.map(|j| j.payload.as_str().len()),
+        messaging.message.body.size = job.map(|j| int(j.payload.as_str().len())),
         messaging.consumer.group.name = endpoint.group.as_deref(),
         messaging.client.id = endpoint.consumer.as_deref(),
         server.address = endpoint.server_address(),
         server.port = endpoint.server_port(),
-        jobstream.delivery.count = delivery.delivery_count,
+        jobstream.delivery.count = int(delivery.delivery_count),
         jobstream.reclaimed_from = delivery.reclaimed_from.as_ref().map(|(owner, _)| owner.as_str()),
-        jobstream.reclaimed_idle_ms = delivery.reclaimed_from.as_ref().map(|(_, idle_ms)| *idle_ms),
+        jobstream.reclaimed_idle_ms = delivery.reclaimed_from.as_ref().map(|(_, idle_ms)| int(*idle_ms)),
         jobstream.job.id = job_id.as_deref(),
         jobstream.job.kind = job.map(|j| j.kind.as_str()),
-        jobstream.job.attempt = job.map(|j| j.attempt),
-        jobstream.queue.wait_ms = job.map(|j| crate::clock::now_ms().saturating_sub(j.enqueued_at_ms)),
+        jobstream.job.attempt = job.map(|j| i64::from(j.attempt)),
+        jobstream.queue.wait_ms = job.map(|j| int(crate::clock::now_ms().saturating_sub(j.enqueued_at_ms))),
         jobstream.trace.context = context,
         jobstream.trace.context_error = Empty,
         jobstream.job.timeout_ms = Empty,
@@ -141,6 +141,13 @@ pub(crate) fn continue_trace(
         }
         ContextStatus::Missing => {}
     }
+}
+
+/// An unsigned count or time as the `int` attribute the conventions type it as (OTLP integers are signed 64-bit).
+/// A `tracing` field given a `u64` (or `usize`, `u32`) reaches the `tracing` bridge as a `u64`, which it exports
+/// as its decimal text, a string attribute; one given an `i64` is exported as an integer.
+pub(crate) fn int(value: impl TryInto<i64>) -> i64 {
+    value.try_into().unwrap_or(i64::MAX)
 }
 
 /// Marks a `send` or `process` span failed: `error.type` and an error status with `message`.

@@ -200,7 +200,7 @@ async fn run_handler(shared: &Shared, job: Job, span: &tracing::Span, mark: Opti
     let result = match timeout {
         None => cancellable.await,
         Some(timeout) => {
-            span.record("jobstream.job.timeout_ms", timeout.as_millis() as u64);
+            span.record("jobstream.job.timeout_ms", spans::int(timeout.as_millis()));
             match tokio::time::timeout(timeout, cancellable).await {
                 Ok(result) => result,
                 Err(_) => {
