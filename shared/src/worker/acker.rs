@@ -105,12 +105,19 @@ async fn run(acker: Acker, mut rx: mpsc::UnboundedReceiver<Ack>, give_up: Cancel
     let mut expired: Option<(String, std::time::Instant)> = None;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     let mut unsent = 0;
+    // The connection of the last XACK, kept while more acknowledgements are already waiting: taking one from
+    // the pool costs a round trip (the pool's PING) per batch otherwise. Given back when the channel is empty or
+    // a round trip fails, so a broken connection is checked (and replaced) by the pool.
+    let mut held: Option<crate::connection::Connection> = None;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         loop {
             let ids: Vec<&str> = batch.iter().map(|ack| ack.id.as_str()).collect();
             let (start, started) = (SystemTime::now(), std::time::Instant::now());
             let sent = async {
-                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+                let mut conn = match held.take() {
+                    Some(conn) => conn,
+                    None => pool.get().await.map_err(|e| e.to_string())?,
+                };
                 let mut pipe = redis::pipe();
                 pipe.add_command(stream::ack_cmd(keys, group, &ids));
                 // The final records follow the XACK in the same round trip, one HSET per hourly hash (almost
@@ -140,6 +147,9 @@ async fn run(acker: Acker, mut rx: mpsc::UnboundedReceiver<Ack>, give_up: Cancel
                 pipe.ignore_errors();
                 let mut replies: Vec<redis::RedisResult<u64>> =
                     pipe.query_async(&mut conn).await.map_err(|e| e.to_string())?;
+                if !rx.is_empty() {
+                    held = Some(conn);
+                }
                 replies.truncate(1);
                 replies.pop().unwrap_or(Ok(0)).map_err(|e| e.to_string())
             }

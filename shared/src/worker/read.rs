@@ -22,6 +22,10 @@ pub(super) struct Reader<'a> {
     backoff: Backoff,
     reclaim_cursor: String,
     next_reclaim: Instant,
+    /// The connection of the last read, kept while reads deliver entries: taking a connection from the pool
+    /// costs a round trip (the pool's PING), once per read otherwise. Given back when a read finds nothing or
+    /// fails, so a broken connection is checked (and replaced) by the pool.
+    conn: Option<crate::connection::Connection>,
 }
 
 impl<'a> Reader<'a> {
@@ -32,6 +36,7 @@ impl<'a> Reader<'a> {
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             reclaim_cursor: "0-0".to_owned(),
             next_reclaim: Instant::now(),
+            conn: None,
         }
     }
 
@@ -91,8 +96,12 @@ impl<'a> Reader<'a> {
 
     async fn read(&mut self, count: usize) -> redis::RedisResult<Vec<Delivery>> {
         let shared = self.shared;
-        let mut conn =
-            shared.pool.get().await.map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => {
+                shared.pool.get().await.map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?
+            }
+        };
         let read = match self.read_from(&mut conn, count).await {
             // The group is created only when Redis says it is missing, by a script allowed under OOM, so a
             // consumer starts and keeps reading while Redis is at maxmemory.
@@ -108,6 +117,9 @@ impl<'a> Reader<'a> {
             other => other,
         };
         self.has_read |= read.is_ok();
+        if read.as_ref().is_ok_and(|deliveries| !deliveries.is_empty()) {
+            self.conn = Some(conn);
+        }
         read
     }
 
