@@ -27,9 +27,23 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Bad usage exits 2 with clap's message ([`cli::Cli::parse_valid`]); any other error is one line on stderr
 /// (`error: <what>: <cause>`), whatever `RUST_BACKTRACE` says, and exits 1.
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = cli::Cli::parse_valid();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = cli.worker_threads {
+        runtime.worker_threads(usize::from(threads));
+    }
+    match runtime.build() {
+        Ok(runtime) => runtime.block_on(run_with_telemetry(cli)),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_with_telemetry(cli: cli::Cli) -> ExitCode {
     let result = match telemetry::init("jobstream-consumer") {
         Ok(telemetry) => {
             let result = run(cli).await;

@@ -189,3 +189,31 @@ async fn link_mode_starts_a_new_trace_linked_to_the_producer() {
     assert_eq!(process.links, vec![(job.trace_id.clone(), send.span_id.clone())], "linked to the send span");
     assert_eq!(named(&spans, &process.trace_id, "save-data").len(), 1, "the handler's spans follow the new trace");
 }
+
+/// How many of a process's threads run Tokio tasks (Tokio names them `tokio-rt-worker`).
+fn runtime_workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the consumer's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn worker_threads_sets_how_many_threads_run_jobs() {
+    let fx = Fixture::start().await;
+    let queue = "threads";
+    let mut conn = fx.conn();
+    let mut expected_done = 0;
+    for threads in [1, 3] {
+        let flags = ["--concurrency", "8", "--worker-threads", &threads.to_string()];
+        let consumer = fx.spawn(fx.consumer(queue, &format!("t{threads}"), &flags), &format!("t{threads}"));
+        enqueue(fx.producer(), queue, "demo", r#"{"x":1}"#, 5);
+        expected_done += 5;
+        wait_until(Duration::from_secs(30), "the jobs to complete", || {
+            done_counts(&mut conn, queue).len() == expected_done
+        });
+        assert_eq!(runtime_workers(consumer.pid()), threads, "--worker-threads {threads}");
+        assert_eq!(consumer.terminate(), Some(0));
+    }
+}

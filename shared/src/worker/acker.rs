@@ -24,6 +24,9 @@ use super::Shared;
 /// Most ids in one XACK.
 const MAX_BATCH: usize = 1024;
 
+/// How long the acknowledging task keeps its connection without an acknowledgement to send.
+const HOLD_IDLE: Duration = Duration::from_millis(200);
+
 /// A finished job's final record: field `job_id` of the hourly hash `key`, which expires at `expire_at_ms`
 /// (unix ms: the job retention after its hour ends; [`crate::jobs`]).
 #[derive(Debug)]
@@ -105,11 +108,24 @@ async fn run(acker: Acker, mut rx: mpsc::UnboundedReceiver<Ack>, give_up: Cancel
     let mut expired: Option<(String, std::time::Instant)> = None;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     let mut unsent = 0;
-    // The connection of the last XACK, kept while more acknowledgements are already waiting: taking one from
-    // the pool costs a round trip (the pool's PING) per batch otherwise. Given back when the channel is empty or
-    // a round trip fails, so a broken connection is checked (and replaced) by the pool.
+    // The connection of the last XACK, kept while acknowledgements keep coming: taking one from the pool costs
+    // a round trip (the pool's PING) per batch otherwise. Given back after `HOLD_IDLE` without one, or when a
+    // round trip fails, so a broken connection is checked (and replaced) by the pool.
     let mut held: Option<crate::connection::Connection> = None;
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        let received = match held.is_some() {
+            true => match tokio::time::timeout(HOLD_IDLE, rx.recv_many(&mut batch, MAX_BATCH)).await {
+                Ok(received) => received,
+                Err(_) => {
+                    held = None;
+                    rx.recv_many(&mut batch, MAX_BATCH).await
+                }
+            },
+            false => rx.recv_many(&mut batch, MAX_BATCH).await,
+        };
+        if received == 0 {
+            break;
+        }
         loop {
             let ids: Vec<&str> = batch.iter().map(|ack| ack.id.as_str()).collect();
             let (start, started) = (SystemTime::now(), std::time::Instant::now());
@@ -147,9 +163,7 @@ async fn run(acker: Acker, mut rx: mpsc::UnboundedReceiver<Ack>, give_up: Cancel
                 pipe.ignore_errors();
                 let mut replies: Vec<redis::RedisResult<u64>> =
                     pipe.query_async(&mut conn).await.map_err(|e| e.to_string())?;
-                if !rx.is_empty() {
-                    held = Some(conn);
-                }
+                held = Some(conn);
                 replies.truncate(1);
                 replies.pop().unwrap_or(Ok(0)).map_err(|e| e.to_string())
             }
