@@ -42,10 +42,10 @@ pub struct Cli {
     /// Most jobs running at once.
     #[arg(long, env = "JOBSTREAM_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub concurrency: u32,
-    /// Threads that run jobs (the Tokio runtime's worker threads), 1 to 1024 [default: the CPUs this process may
-    /// use, its cgroup's CPU quota included]. 1 costs less CPU per job where the consumer shares its cores with
-    /// Redis or other processes (18 % less on a 2-core machine, bench/RESULTS.md); more let CPU-heavy handlers
-    /// run on more cores at once.
+    /// Threads of the async runtime, which run the jobs (and the reads, acknowledgements and health server), 1 to
+    /// 1024 [default: TOKIO_WORKER_THREADS when set, else the CPUs this process may use, its cgroup's CPU quota
+    /// included]. 1 costs less CPU per job where the consumer shares its cores with Redis or other processes
+    /// (bench/RESULTS.md); more let CPU-heavy handlers run on more cores at once.
     #[arg(long, env = "JOBSTREAM_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
     /// Most entries fetched by one XREADGROUP.

@@ -69,6 +69,14 @@ impl Pool {
         }
     }
 
+    /// Whether a task is waiting for a connection: a [`Held`] one is then given back.
+    pub(crate) fn contended(&self) -> bool {
+        match &self.0 {
+            Pools::Single(pool) => pool.status().waiting > 0,
+            Pools::Cluster(pool) => pool.status().waiting > 0,
+        }
+    }
+
     /// The server a single-node pool talks to; `None` for a Cluster, whose node differs from key to key.
     pub fn server(&self) -> Option<&ServerAddress> {
         self.1.as_deref()
@@ -88,6 +96,42 @@ impl Pool {
 }
 
 /// A pooled connection; returns to the pool when dropped.
+/// A pooled connection one task (a reader, the acknowledger) keeps between back-to-back uses: taking one from
+/// the pool costs a round trip (deadpool-redis checks each with `UNWATCH` + `PING`), per read or per XACK batch
+/// otherwise. It is kept only after a use that succeeded, while no other task waits for a connection, and for
+/// at most `idle` unused; the holder gives it back ([`Held::release`]) before a wait of its own. A connection
+/// that failed goes back to the pool, which checks it (and replaces a broken one) before handing it out again.
+pub(crate) struct Held {
+    conn: Option<(Connection, std::time::Instant)>,
+    idle: Duration,
+}
+
+impl Held {
+    pub(crate) fn new(idle: Duration) -> Self {
+        Self { conn: None, idle }
+    }
+
+    /// The kept connection when it was used less than `idle` ago, else one from `pool`.
+    pub(crate) async fn take(&mut self, pool: &Pool) -> Result<Connection, PoolError> {
+        match self.conn.take() {
+            Some((conn, used)) if used.elapsed() < self.idle => Ok(conn),
+            _ => pool.get().await,
+        }
+    }
+
+    /// Keeps `conn`, just used successfully, unless another task is waiting for one of `pool`'s connections.
+    pub(crate) fn keep(&mut self, pool: &Pool, conn: Connection) {
+        if !pool.contended() {
+            self.conn = Some((conn, std::time::Instant::now()));
+        }
+    }
+
+    /// Gives the kept connection back to the pool.
+    pub(crate) fn release(&mut self) {
+        self.conn = None;
+    }
+}
+
 pub(crate) enum Connection {
     Single(deadpool_redis::Connection),
     Cluster(deadpool::managed::Object<ClusterManager>),

@@ -425,3 +425,39 @@ async fn other_exporters_and_settings_of_signals_that_are_off_do_not_stop_a_proc
         enqueue(producer, "lists", "noop", "{}", 1);
     }
 }
+
+/// The integer attributes of a scheduled job with a timeout (`jobstream.job.scheduled_for` on its `send`,
+/// `jobstream.job.timeout_ms` on its `process`) are exported as integers, as the docs' table types them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn integer_attributes_are_exported_as_integers() {
+    let fx = Fixture::start().await;
+    let queue = "ints";
+    let service = fx.spawn(fx.consumer(queue, "c0", &[]), "c0");
+    let out = fx
+        .producer()
+        .args(["enqueue", "--queue", queue, "--kind", "demo", "--payload", r#"{"n":1}"#])
+        .args(["--delay", "1s", "--timeout", "30s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let trace_id = stdout.split_whitespace().nth(1).expect("`<job id> <trace id>`").to_owned();
+    let spans = fx
+        .sink
+        .wait_for(WAIT, |spans| !named(spans, &trace_id, &format!("process {queue}")).is_empty())
+        .await
+        .unwrap_or_else(|partial| panic!("spans missing: {partial:#?}"));
+    assert_eq!(service.terminate(), Some(0));
+    let send = named(&spans, &trace_id, &format!("send {queue}"))[0];
+    let process = named(&spans, &trace_id, &format!("process {queue}"))[0];
+    let documented = documented_attributes();
+    for (span, names) in [
+        (send, &["jobstream.job.scheduled_for", "jobstream.job.attempt", "messaging.message.body.size"][..]),
+        (process, &["jobstream.job.timeout_ms", "jobstream.delivery.count", "jobstream.queue.wait_ms"][..]),
+    ] {
+        for name in names {
+            assert_eq!(documented[*name].0, "int", "docs/wire-format.md types {name} as int");
+            assert_eq!(span.attribute_types.get(*name).copied(), Some("int"), "{name} on {}: {span:?}", span.name);
+        }
+    }
+}

@@ -20,6 +20,7 @@ use crate::stream;
 use crate::trace::spans::{BatchOperation, BatchSpans};
 
 use super::Shared;
+use crate::connection::Held;
 
 /// Most ids in one XACK.
 const MAX_BATCH: usize = 1024;
@@ -108,20 +109,16 @@ async fn run(acker: Acker, mut rx: mpsc::UnboundedReceiver<Ack>, give_up: Cancel
     let mut expired: Option<(String, std::time::Instant)> = None;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     let mut unsent = 0;
-    // The connection of the last XACK, kept while acknowledgements keep coming: taking one from the pool costs
-    // a round trip (the pool's PING) per batch otherwise. Given back after `HOLD_IDLE` without one, or when a
-    // round trip fails, so a broken connection is checked (and replaced) by the pool.
-    let mut held: Option<crate::connection::Connection> = None;
+    // The connection of the last XACK, kept while acknowledgements keep coming ([`Held`]); given back after
+    // `HOLD_IDLE` without one.
+    let mut held = Held::new(HOLD_IDLE);
     loop {
-        let received = match held.is_some() {
-            true => match tokio::time::timeout(HOLD_IDLE, rx.recv_many(&mut batch, MAX_BATCH)).await {
-                Ok(received) => received,
-                Err(_) => {
-                    held = None;
-                    rx.recv_many(&mut batch, MAX_BATCH).await
-                }
-            },
-            false => rx.recv_many(&mut batch, MAX_BATCH).await,
+        let received = match tokio::time::timeout(HOLD_IDLE, rx.recv_many(&mut batch, MAX_BATCH)).await {
+            Ok(received) => received,
+            Err(_) => {
+                held.release();
+                rx.recv_many(&mut batch, MAX_BATCH).await
+            }
         };
         if received == 0 {
             break;
@@ -130,10 +127,7 @@ async fn run(acker: Acker, mut rx: mpsc::UnboundedReceiver<Ack>, give_up: Cancel
             let ids: Vec<&str> = batch.iter().map(|ack| ack.id.as_str()).collect();
             let (start, started) = (SystemTime::now(), std::time::Instant::now());
             let sent = async {
-                let mut conn = match held.take() {
-                    Some(conn) => conn,
-                    None => pool.get().await.map_err(|e| e.to_string())?,
-                };
+                let mut conn = held.take(pool).await.map_err(|e| e.to_string())?;
                 let mut pipe = redis::pipe();
                 pipe.add_command(stream::ack_cmd(keys, group, &ids));
                 // The final records follow the XACK in the same round trip, one HSET per hourly hash (almost
@@ -163,7 +157,7 @@ async fn run(acker: Acker, mut rx: mpsc::UnboundedReceiver<Ack>, give_up: Cancel
                 pipe.ignore_errors();
                 let mut replies: Vec<redis::RedisResult<u64>> =
                     pipe.query_async(&mut conn).await.map_err(|e| e.to_string())?;
-                held = Some(conn);
+                held.keep(pool, conn);
                 replies.truncate(1);
                 replies.pop().unwrap_or(Ok(0)).map_err(|e| e.to_string())
             }

@@ -476,12 +476,18 @@ impl PartitionWorker {
         );
 
         while !shutdown.is_cancelled() {
+            if permits.available_permits() == 0 {
+                reader.release();
+            }
             let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
             let held = take_more(first, &permits, config.batch_size);
             // Checked right before each read (new entries and reclaimed ones alike): while paused nothing starts.
+            if !pause::running(&shared.pause) {
+                reader.release();
+            }
             if !gate.wait_until_running(&shutdown, shared.keys.queue().as_str()).await {
                 break;
             }
@@ -505,6 +511,7 @@ impl PartitionWorker {
             }
         }
 
+        drop(reader);
         tasks.close();
         let running = tasks.len();
         if running > 0 {

@@ -7,11 +7,15 @@ use opentelemetry::trace::SpanContext;
 
 use super::{Shared, WorkerStats};
 use crate::backoff::Backoff;
+use crate::connection::Held;
 use crate::job::field;
 use crate::metrics::QueueLabels;
 use crate::stream::{self, Delivery};
 use crate::trace::propagation;
 use crate::trace::spans::BatchOperation;
+
+/// How long the reader keeps its connection between reads.
+const HOLD_IDLE: Duration = Duration::from_millis(200);
 
 /// Where the next entries come from: stale entries of dead consumers when a reclaim pass is due, else new ones.
 /// Keeps the group existing (recreating it after NOGROUP) and backs off while Redis is unreachable.
@@ -22,10 +26,8 @@ pub(super) struct Reader<'a> {
     backoff: Backoff,
     reclaim_cursor: String,
     next_reclaim: Instant,
-    /// The connection of the last read, kept while reads deliver entries: taking a connection from the pool
-    /// costs a round trip (the pool's PING), once per read otherwise. Given back when a read finds nothing or
-    /// fails, so a broken connection is checked (and replaced) by the pool.
-    conn: Option<crate::connection::Connection>,
+    /// The connection of the last read, kept while reads deliver entries back to back ([`Held`]).
+    conn: Held,
 }
 
 impl<'a> Reader<'a> {
@@ -36,8 +38,13 @@ impl<'a> Reader<'a> {
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             reclaim_cursor: "0-0".to_owned(),
             next_reclaim: Instant::now(),
-            conn: None,
+            conn: Held::new(HOLD_IDLE),
         }
+    }
+
+    /// Gives the kept connection back, before the worker waits (for free slots, while paused, to stop).
+    pub(super) fn release(&mut self) {
+        self.conn.release();
     }
 
     /// Up to `count` deliveries, or how long to wait before trying again.
@@ -96,12 +103,11 @@ impl<'a> Reader<'a> {
 
     async fn read(&mut self, count: usize) -> redis::RedisResult<Vec<Delivery>> {
         let shared = self.shared;
-        let mut conn = match self.conn.take() {
-            Some(conn) => conn,
-            None => {
-                shared.pool.get().await.map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?
-            }
-        };
+        let mut conn = self
+            .conn
+            .take(&shared.pool)
+            .await
+            .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
         let read = match self.read_from(&mut conn, count).await {
             // The group is created only when Redis says it is missing, by a script allowed under OOM, so a
             // consumer starts and keeps reading while Redis is at maxmemory.
@@ -118,7 +124,7 @@ impl<'a> Reader<'a> {
         };
         self.has_read |= read.is_ok();
         if read.as_ref().is_ok_and(|deliveries| !deliveries.is_empty()) {
-            self.conn = Some(conn);
+            self.conn.keep(&shared.pool, conn);
         }
         read
     }
