@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 pub use fixture::Fixture;
 pub use http::{http_exchange, http_get, http_request};
-pub use process::{bin, consumer, enqueue, plain, stderr_lines, traced, EnqueuedLine, Service};
+pub use process::{bin, consumer, enqueue, enqueue_with, plain, stderr_lines, traced, EnqueuedLine, Service};
 pub use queue_state::{dead_entries, done_counts, entries_text, job_fields, keys, pending, pending_of, xadd_raw, xlen};
 pub use redis_server::{make_certificates, on_node, RedisCluster, RedisServer};
 pub use spans::{named, OtlpSink, ReceivedSpan};

@@ -177,6 +177,18 @@ pub fn enqueue(mut cmd: Command, queue: &str, kind: &str, payload: &str, count: 
 }
 
 /// A consumer command for `queue` with fast polling and the given extra flags; traced to `sink`.
+/// Runs `cmd` (a `producer` command) as `enqueue --queue <queue> --kind <kind>` with `flags` (one job) and
+/// returns its `<job id> <trace id>` line.
+pub fn enqueue_with(mut cmd: Command, queue: &str, kind: &str, flags: &[&str]) -> EnqueuedLine {
+    let out = cmd.args(["enqueue", "--queue", queue, "--kind", kind]).args(flags).output().expect("run producer");
+    assert!(out.status.success(), "producer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf-8 output");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {text}");
+    let (job_id, trace_id) = lines[0].split_once(' ').unwrap_or_else(|| panic!("bad producer line {text:?}"));
+    EnqueuedLine { job_id: job_id.to_owned(), trace_id: trace_id.to_owned() }
+}
+
 pub fn consumer(redis: &RedisServer, sink: &OtlpSink, queue: &str, name: &str, extra: &[&str]) -> Command {
     let mut cmd = traced("consumer", redis, sink, "test-consumer");
     cmd.args(["--queue", queue, "--consumer", name, "--block", "200ms", "--listen", "127.0.0.1:0"])

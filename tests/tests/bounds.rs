@@ -12,15 +12,6 @@ use tokio_util::sync::CancellationToken;
 
 const SPAN_WAIT: Duration = Duration::from_secs(20);
 
-/// Runs `producer enqueue` of one `demo` (or `kind`) job with `flags`; returns its line.
-fn enqueue_with(fx: &Fixture, queue: &str, kind: &str, flags: &[&str]) -> EnqueuedLine {
-    let out = fx.producer().args(["enqueue", "--queue", queue, "--kind", kind]).args(flags).output().unwrap();
-    assert!(out.status.success(), "producer failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (job_id, trace_id) = text.trim().split_once(' ').unwrap();
-    EnqueuedLine { job_id: job_id.to_owned(), trace_id: trace_id.to_owned() }
-}
-
 fn duration_ms(span: &ReceivedSpan) -> u64 {
     (span.end_ns - span.start_ns) / 1_000_000
 }
@@ -36,7 +27,7 @@ async fn a_timed_out_handler_is_cancelled_and_retried() {
     // The demo's steps take 140 ms × 1000 (minutes): only the timeout can end an attempt.
     let flags = ["--demo-latency-scale", "1000", "--job-timeout", "300ms", "--max-attempts", "2"];
     let worker = fx.spawn(fx.consumer(queue, "w", &[&flags[..], &["--retry-base-delay", "50ms"]].concat()), "w");
-    let job = enqueue_with(&fx, queue, "demo", &[]);
+    let job = enqueue_with(fx.producer(), queue, "demo", &[]);
     let mut conn = fx.conn();
     let dead_key = keys(queue).dead;
     wait_until(Duration::from_secs(20), "the job to be dead-lettered", || xlen(&mut conn, &dead_key) == 1);
@@ -85,9 +76,9 @@ async fn a_job_s_own_timeout_wins_then_its_kind_s_then_the_queue_s() {
         "1",
     ];
     let worker = fx.spawn(fx.consumer(queue, "w", &flags), "w");
-    let by_kind = enqueue_with(&fx, queue, "demo", &[]);
-    let own = enqueue_with(&fx, queue, "demo", &["--timeout", "700ms"]);
-    let by_queue = enqueue_with(&fx, queue, "noop", &[]);
+    let by_kind = enqueue_with(fx.producer(), queue, "demo", &[]);
+    let own = enqueue_with(fx.producer(), queue, "demo", &["--timeout", "700ms"]);
+    let by_queue = enqueue_with(fx.producer(), queue, "noop", &[]);
     let mut conn = fx.conn();
     let dead_key = keys(queue).dead;
     wait_until(Duration::from_secs(20), "both demo jobs dead, the noop done", || {
@@ -136,13 +127,13 @@ async fn an_expired_job_never_runs_and_is_dead_as_expired() {
     let fx = Fixture::start().await;
     let queue = "perishable";
     // No consumer runs yet: by the time one starts, the 1 ms has long passed.
-    let job = enqueue_with(&fx, queue, "demo", &["--ttl", "1ms"]);
-    let past = enqueue_with(&fx, queue, "demo", &["--deadline", "2020-01-01T00:00:00Z"]);
-    let fresh = enqueue_with(&fx, queue, "demo", &["--ttl", "1h"]);
+    let job = enqueue_with(fx.producer(), queue, "demo", &["--ttl", "1ms"]);
+    let past = enqueue_with(fx.producer(), queue, "demo", &["--deadline", "2020-01-01T00:00:00Z"]);
+    let fresh = enqueue_with(fx.producer(), queue, "demo", &["--ttl", "1h"]);
     // A retry due after the deadline expires too: every attempt fails, the retry waits 1.5 s to 3 s, the
     // deadline is 1 s away.
     let retried_queue = "perishable-retried";
-    let retried = enqueue_with(&fx, retried_queue, "demo", &["--ttl", "1s"]);
+    let retried = enqueue_with(fx.producer(), retried_queue, "demo", &["--ttl", "1s"]);
     let worker = fx.spawn(fx.consumer(queue, "w", &[]), "w");
     let retry_flags = ["--demo-failure-rate", "1", "--retry-base-delay", "3s", "--max-attempts", "5"];
     let retry_worker = fx.spawn(fx.consumer(retried_queue, "r", &retry_flags), "r");

@@ -433,15 +433,8 @@ async fn integer_attributes_are_exported_as_integers() {
     let fx = Fixture::start().await;
     let queue = "ints";
     let service = fx.spawn(fx.consumer(queue, "c0", &[]), "c0");
-    let out = fx
-        .producer()
-        .args(["enqueue", "--queue", queue, "--kind", "demo", "--payload", r#"{"n":1}"#])
-        .args(["--delay", "1s", "--timeout", "30s"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let trace_id = stdout.split_whitespace().nth(1).expect("`<job id> <trace id>`").to_owned();
+    let flags = ["--payload", r#"{"n":1}"#, "--delay", "1s", "--timeout", "30s"];
+    let trace_id = enqueue_with(fx.producer(), queue, "demo", &flags).trace_id;
     let spans = fx
         .sink
         .wait_for(WAIT, |spans| !named(spans, &trace_id, &format!("process {queue}")).is_empty())

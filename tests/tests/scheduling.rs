@@ -20,17 +20,6 @@ fn delayed(conn: &mut redis::Connection, queue: &str) -> Vec<(String, u64)> {
     redis::cmd("ZRANGE").arg(keys(queue).delayed).arg(0).arg(-1).arg("WITHSCORES").query(conn).unwrap()
 }
 
-/// Runs `producer enqueue` with `flags` and returns its one line; panics with its stderr on failure.
-fn enqueue_with(mut cmd: std::process::Command, queue: &str, kind: &str, flags: &[&str]) -> EnqueuedLine {
-    let out = cmd.args(["enqueue", "--queue", queue, "--kind", kind]).args(flags).output().unwrap();
-    assert!(out.status.success(), "producer failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 1, "one line: {text}");
-    let (job_id, trace_id) = lines[0].split_once(' ').unwrap();
-    EnqueuedLine { job_id: job_id.to_owned(), trace_id: trace_id.to_owned() }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_delayed_2s_runs_after_2s_and_not_before() {
     let fx = Fixture::start().await;
