@@ -95,26 +95,24 @@ impl Pool {
     }
 }
 
-/// A pooled connection; returns to the pool when dropped.
 /// A pooled connection one task (a reader, the acknowledger) keeps between back-to-back uses: taking one from
 /// the pool costs a round trip (deadpool-redis checks each with `UNWATCH` + `PING`), per read or per XACK batch
 /// otherwise. It is kept only after a use that succeeded, while no other task waits for a connection, and for
-/// at most `idle` unused; the holder gives it back ([`Held::release`]) before a wait of its own. A connection
+/// at most [`Held::IDLE`] unused; the holder gives it back ([`Held::release`]) before a wait of its own. A connection
 /// that failed goes back to the pool, which checks it (and replaces a broken one) before handing it out again.
+#[derive(Default)]
 pub(crate) struct Held {
     conn: Option<(Connection, std::time::Instant)>,
-    idle: Duration,
 }
 
 impl Held {
-    pub(crate) fn new(idle: Duration) -> Self {
-        Self { conn: None, idle }
-    }
+    /// How long a kept connection may stay unused.
+    pub(crate) const IDLE: Duration = Duration::from_millis(200);
 
-    /// The kept connection when it was used less than `idle` ago, else one from `pool`.
+    /// The kept connection when it was used less than [`Held::IDLE`] ago, else one from `pool`.
     pub(crate) async fn take(&mut self, pool: &Pool) -> Result<Connection, PoolError> {
         match self.conn.take() {
-            Some((conn, used)) if used.elapsed() < self.idle => Ok(conn),
+            Some((conn, used)) if used.elapsed() < Self::IDLE => Ok(conn),
             _ => pool.get().await,
         }
     }
@@ -132,6 +130,7 @@ impl Held {
     }
 }
 
+/// A pooled connection; returns to the pool when dropped.
 pub(crate) enum Connection {
     Single(deadpool_redis::Connection),
     Cluster(deadpool::managed::Object<ClusterManager>),

@@ -25,9 +25,6 @@ use crate::connection::Held;
 /// Most ids in one XACK.
 const MAX_BATCH: usize = 1024;
 
-/// How long the acknowledging task keeps its connection without an acknowledgement to send.
-const HOLD_IDLE: Duration = Duration::from_millis(200);
-
 /// A finished job's final record: field `job_id` of the hourly hash `key`, which expires at `expire_at_ms`
 /// (unix ms: the job retention after its hour ends; [`crate::jobs`]).
 #[derive(Debug)]
@@ -110,10 +107,10 @@ async fn run(acker: Acker, mut rx: mpsc::UnboundedReceiver<Ack>, give_up: Cancel
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     let mut unsent = 0;
     // The connection of the last XACK, kept while acknowledgements keep coming ([`Held`]); given back after
-    // `HOLD_IDLE` without one.
-    let mut held = Held::new(HOLD_IDLE);
+    // `Held::IDLE` without one.
+    let mut held = Held::default();
     loop {
-        let received = match tokio::time::timeout(HOLD_IDLE, rx.recv_many(&mut batch, MAX_BATCH)).await {
+        let received = match tokio::time::timeout(Held::IDLE, rx.recv_many(&mut batch, MAX_BATCH)).await {
             Ok(received) => received,
             Err(_) => {
                 held.release();

@@ -14,9 +14,6 @@ use crate::stream::{self, Delivery};
 use crate::trace::propagation;
 use crate::trace::spans::BatchOperation;
 
-/// How long the reader keeps its connection between reads.
-const HOLD_IDLE: Duration = Duration::from_millis(200);
-
 /// Where the next entries come from: stale entries of dead consumers when a reclaim pass is due, else new ones.
 /// Keeps the group existing (recreating it after NOGROUP) and backs off while Redis is unreachable.
 pub(super) struct Reader<'a> {
@@ -38,7 +35,7 @@ impl<'a> Reader<'a> {
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             reclaim_cursor: "0-0".to_owned(),
             next_reclaim: Instant::now(),
-            conn: Held::new(HOLD_IDLE),
+            conn: Held::default(),
         }
     }
 
