@@ -350,7 +350,7 @@ async fn redis_killed_and_restarted_with_aof_loses_no_acknowledged_job() {
     for worker in workers {
         let log = worker.log();
         assert_eq!(worker.terminate(), Some(0), "worker log:\n{log}");
-        assert!(log.contains("Redis reachable again"), "the worker noticed the outage and recovered");
+        assert!(log.contains("Redis reachable again"), "the worker noticed the outage and recovered:\n{log}");
         assert!(log.lines().count() < 200, "no log flood: {} lines", log.lines().count());
     }
     let done = done_counts(&mut conn, queue);
