@@ -335,6 +335,11 @@ async fn redis_killed_and_restarted_with_aof_loses_no_acknowledged_job() {
     let mut conn = redis.conn();
     wait_until(Duration::from_secs(60), "some jobs to finish", || done_counts(&mut conn, queue).len() >= 200);
     redis.kill();
+    // Redis stays down until every worker's reader has met the outage (a worker whose slots were all busy would
+    // otherwise have nothing to recover from, and log no recovery).
+    wait_until(Duration::from_secs(30), "every worker to see a read fail", || {
+        workers.iter().all(|w| w.log().contains("reading the queue failed"))
+    });
 
     let refused = producer(&redis, &sink).args(["enqueue", "--queue", queue, "--kind", "demo"]).output().unwrap();
     assert!(!refused.status.success(), "an enqueue while Redis is down fails");

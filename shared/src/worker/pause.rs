@@ -70,7 +70,10 @@ pub(super) fn spawn(
             .await;
             match read {
                 Ok((paused, cancels)) => {
-                    failing = false;
+                    if failing {
+                        failing = false;
+                        tracing::info!(key = %keys.paused, "reading the queue's pause flag works again");
+                    }
                     cancels_since = Some(now);
                     control.observe_pause(paused, now);
                     control
