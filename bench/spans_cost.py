@@ -2,7 +2,7 @@
 """What the spans of issue 16 cost per job: two builds' producer and consumer, end to end with tracing on
 (100 % sampled, OTLP http/protobuf to bench/run's counting receiver), alternating runs on one private Redis.
 
-Usage: bench/spans_cost.py BASE_BIN_DIR [--jobs N] [--repeat K] [--off]
+Usage: bench/spans_cost.py BASE_BIN_DIR [--jobs N] [--repeat K] [--off] [--rust-log LEVEL]
   BASE_BIN_DIR  the production (or release) binaries of the commit to compare with (e.g. built from a worktree of it);
                 this checkout's are target/production (cargo build --profile production --bins --examples).
 Prints, per build, the median jobs/s with the range, spans per job, and CPU µs per job per process.
@@ -29,7 +29,10 @@ def main():
     ap.add_argument("--jobs", type=int, default=30_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--off", action="store_true", help="tracing off (always_off sampler, no exporter) instead")
+    ap.add_argument("--rust-log", default=bench.RUST_LOG,
+                    help="RUST_LOG of the producer and consumer (default: bench/run's, the binaries' own: info)")
     args = ap.parse_args()
+    bench.RUST_LOG = args.rust_log
     builds = {"base": os.path.abspath(args.base), "head": bench.RELEASE}
     runs = {name: [] for name in builds}
     with tempfile.TemporaryDirectory() as tmp:
@@ -43,6 +46,7 @@ def main():
         finally:
             redis.stop()
     print(f"{args.jobs} noop jobs, 1 consumer at concurrency {bench.CONCURRENCY}, tracing {'off' if args.off else 'on'}, "
+          f"RUST_LOG={bench.RUST_LOG}, "
           f"{args.repeat} alternating runs each")
     print("| build | jobs/s (median, range) | spans/job | consumer µs/job | producer µs/job | Redis µs/job | receiver µs/job |")
     print("|---|---:|---:|---:|---:|---:|---:|")

@@ -351,7 +351,7 @@ pub fn init_with(settings: TelemetrySettings) -> Result<Telemetry, TelemetryErro
                     let _ = writer.write_field("span_id", ids.span_id().to_string());
                 }
             });
-            json.with_filter(log_filter).with_filter(quiet).boxed()
+            logs::NoSpanFields(json).with_filter(log_filter).with_filter(quiet).boxed()
         }
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
