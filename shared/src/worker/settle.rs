@@ -7,6 +7,8 @@
 //! the entry pending, and the log says so instead of claiming an outcome.
 
 use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use opentelemetry::trace::TraceContextExt as _;
@@ -127,17 +129,22 @@ pub(super) async fn settle(
             let how = if let Decision::Retry { .. } = decision { Settlement::Retry } else { Settlement::DeadLetter };
             let settle_span = spans::settle_move(span, &shared.endpoint, how, &delivery.message_id);
             let started = Instant::now();
-            let moved = match &decision {
-                Decision::Retry { delay, next_attempt } => {
+            // The moves are boxed, each in a statement of its own: a Redis round trip's future is kilobytes, and
+            // held inline (or as a temporary of the statement that awaits it) it would be part of every attempt's
+            // task, copied whole for each job that is simply acknowledged.
+            let moving: Pin<Box<dyn Future<Output = Result<Settled, String>> + Send + '_>> = match &decision {
+                Decision::Retry { delay, next_attempt } => Box::pin(
                     schedule_retry(shared, delivery, *delay, *next_attempt, hash.as_ref())
-                        .instrument(settle_span.clone())
-                        .await
-                }
+                        .instrument(settle_span.clone()),
+                ),
                 _ => {
                     let Decision::Dead(reason, error) = &decision else { unreachable!("matched above") };
-                    dead_letter(shared, delivery, *reason, error, hash.as_ref()).instrument(settle_span.clone()).await
+                    Box::pin(
+                        dead_letter(shared, delivery, *reason, error, hash.as_ref()).instrument(settle_span.clone()),
+                    )
                 }
             };
+            let moved = moving.await;
             let failed = match &moved {
                 Ok(Settled::Moved) => None,
                 Ok(Settled::NotOurs) => Some(("not_pending", "the entry is no longer pending for this consumer")),
