@@ -308,6 +308,14 @@ async fn malformed_entries_are_dead_lettered_or_run_and_never_crash_the_worker()
     let by_message = |id: &str| {
         spans.iter().find(|s| s.name == "process garbage" && s.attr("messaging.message.id") == Some(id)).unwrap()
     };
+    // Each entry dead-lettered without running is a failed `process` span with the conventions' exception event.
+    for span in spans.iter().filter(|s| s.name == "process garbage" && s.status == "error") {
+        let exception = span.events.iter().find(|(name, _)| name == "messaging.process.exception");
+        let (_, exception) = exception.unwrap_or_else(|| panic!("no exception event: {span:#?}"));
+        assert_eq!(exception.get("exception.type").map(String::as_str), span.attr("error.type"), "{span:#?}");
+        assert_eq!(exception.get("exception.message"), Some(&span.status_message), "{span:#?}");
+    }
+    assert!(spans.iter().any(|s| s.name == "process garbage" && s.status == "error"), "some entries are dead");
     let garbage = by_message(&cases[6].1);
     assert_eq!(garbage.attr("jobstream.trace.context"), Some("invalid"));
     assert!(garbage.parent_span_id.is_none(), "a new root trace");

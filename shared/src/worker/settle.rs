@@ -113,7 +113,12 @@ pub(super) async fn settle(
             shared.metrics.settled(shared.keys.queue().as_str(), kind_of(shared, delivery), "cancelled");
             tracing::info!(parent: span, message_id = %delivery.message_id, started, "job cancelled");
         }
-        (_, Decision::Dead(reason, error)) => spans::record_error(span, reason.as_str(), error),
+        // Not run and never will be (not a job, no handler for its kind, delivered too often, past its
+        // deadline): as failed as a handler's error, with the same exception event.
+        (_, Decision::Dead(reason, error)) => {
+            spans::record_error(span, reason.as_str(), error);
+            spans::exception(span, spans::Operation::Process, reason.as_str(), error);
+        }
         (_, _) => {}
     }
     let moved = match &decision {
