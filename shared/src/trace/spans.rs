@@ -80,13 +80,18 @@ pub(crate) struct Consumer<'a> {
     pub(crate) endpoint: &'a Endpoint,
 }
 
-/// The `process <Q>` span of one attempt at `delivery`; `job` is `None` when the entry did not decode;
-/// `context` is what became of the entry's trace context ([`ContextStatus::label`]).
-pub(crate) fn process(consumer: Consumer<'_>, delivery: &Delivery, job: Option<&Job>, context: &str) -> Span {
+/// The `process <Q>` span of one attempt at `delivery`; `job` (and its id as text, `job_id`) is `None` when the
+/// entry did not decode; `context` is what became of the entry's trace context ([`ContextStatus::label`]).
+pub(crate) fn process(
+    consumer: Consumer<'_>,
+    delivery: &Delivery,
+    job: Option<&Job>,
+    job_id: Option<&str>,
+    context: &str,
+) -> Span {
     let endpoint = consumer.endpoint;
     // Values are recorded at creation (an absent `Option` records nothing): each later `record` costs a
     // lookup in the subscriber, per job.
-    let job_id = job.map(|j| j.id.to_string());
     tracing::info_span!(
         "process",
         otel.name = consumer.span_name,
@@ -105,7 +110,7 @@ pub(crate) fn process(consumer: Consumer<'_>, delivery: &Delivery, job: Option<&
         jobstream.delivery.count = int(delivery.delivery_count),
         jobstream.reclaimed_from = delivery.reclaimed_from.as_ref().map(|(owner, _)| owner.as_str()),
         jobstream.reclaimed_idle_ms = delivery.reclaimed_from.as_ref().map(|(_, idle_ms)| int(*idle_ms)),
-        jobstream.job.id = job_id.as_deref(),
+        jobstream.job.id = job_id,
         jobstream.job.kind = job.map(|j| j.kind.as_str()),
         jobstream.job.attempt = job.map(|j| i64::from(j.attempt)),
         jobstream.queue.wait_ms = job.map(|j| int(crate::clock::now_ms().saturating_sub(j.enqueued_at_ms))),

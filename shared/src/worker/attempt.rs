@@ -71,7 +71,10 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
     };
     // Extracted first, so that what became of the context is recorded when the span is made.
     let (parent, status) = propagation::extract(trace);
-    let span = spans::process(shared.span_consumer(), &delivery, decoded.as_ref().ok(), status.label());
+    // The job's id as text, formatted once: the span, the record, the cancel checks.
+    let job_id = decoded.as_ref().ok().map(|job| job.id.to_string());
+    let span =
+        spans::process(shared.span_consumer(), &delivery, decoded.as_ref().ok(), job_id.as_deref(), status.label());
     let mark = decoded.as_ref().ok().and_then(|job| shared.probes.mark(job));
     // A job marked `trace_mode=link` (scheduled far ahead) is linked whatever the queue-wide mode.
     let mode = if delivery.field(field::TRACE_MODE) == Some(field::TRACE_MODE_LINK.as_bytes()) {
@@ -88,10 +91,8 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
     // The attempt's context: cancellation, result, progress (to the span, and the record when kept).
     let mut decoded = decoded;
     let mut tracked = None;
-    let mut job_id = None;
-    if let Ok(job) = &mut decoded {
-        let id = job.id.to_string();
-        let record = shared.config.job_records.then(|| shared.keys.job(&id));
+    if let (Ok(job), Some(id)) = (&mut decoded, &job_id) {
+        let record = shared.config.job_records.then(|| shared.keys.job(id));
         let context = Arc::new(AttemptContext {
             sink: Some(ProgressSink {
                 span: span.clone(),
@@ -115,7 +116,7 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
                 context: context.clone(),
             });
         }
-        shared.control.started(&id, &context);
+        shared.control.started(id, &context);
         // Transitions before this attempt: promoted from the delayed set, waited while the queue was paused.
         let promoted = delivery.field(field::PROMOTED_AT).and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
         if let Some(at) = promoted {
@@ -124,7 +125,6 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
         if let Some(paused_ms) = shared.control.paused_while_waiting(promoted.unwrap_or(job.enqueued_at_ms)) {
             spans::queue_paused(&span, paused_ms);
         }
-        job_id = Some(id);
     }
     let outcome = match decoded {
         Err(e) => Outcome::Dead(DeadReason::Undecodable, e.to_string()),
@@ -141,7 +141,9 @@ pub(super) async fn run(shared: &Shared, delivery: Delivery, acks: &AckSender) {
             )
         }
         // Cancelled while it waited to be taken over, or between the cancel and its delivery.
-        Ok(job) if shared.control.is_cancelled(&job.id.to_string()) => Outcome::Cancelled { started: false },
+        Ok(_) if job_id.as_deref().is_some_and(|id| shared.control.is_cancelled(id)) => {
+            Outcome::Cancelled { started: false }
+        }
         Ok(mut job) => {
             job.source = Some(shared.keys.queue().clone());
             // Awaited in place, as is the settling below: both keep their rare Redis round trips boxed, so they
