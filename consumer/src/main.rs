@@ -125,9 +125,10 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         consumer: consumer.clone(),
     };
     let config = cli.worker_config(consumer);
-    let producer = Producer::new(pool.clone(), &queue).with_limits(config.limits);
-    let handlers = handlers(&pool, queue.prefix(), producer, demo)?;
     let metrics = Arc::new(Metrics::new());
+    // The jobs handlers enqueue (fanout's children, demo's `next`) count in this process's /metrics.
+    let producer = Producer::new(pool.clone(), &queue).with_limits(config.limits).with_metrics(metrics.clone());
+    let handlers = handlers(&pool, queue.prefix(), producer, demo)?;
     let stop_serving = CancellationToken::new();
     let health = HealthState {
         pool: pool.clone(),

@@ -69,6 +69,22 @@ async fn probes_and_metrics_tell_the_truth() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_that_handlers_enqueue_count_in_the_consumers_metrics() {
+    let fx = Fixture::start().await;
+    let queue = "children";
+    let worker = fx.spawn(fx.consumer(queue, "w", &[]), "w");
+    let addr = worker.listen_addr();
+    enqueue(fx.producer(), queue, "fanout", r#"{"children":3,"depth":1,"leaf":"noop"}"#, 1);
+    let mut conn = fx.conn();
+    wait_until(Duration::from_secs(30), "the fanout job and its 3 children done", || {
+        done_counts(&mut conn, queue).len() == 4
+    });
+    let (_, text) = http_get(addr, "/metrics");
+    assert_eq!(metric(&text, r#"jobstream_enqueued_total{queue="children",kind="noop"}"#), Some(3.0), "{text}");
+    assert_eq!(worker.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_draining_worker_is_alive_but_not_ready() {
     let fx = Fixture::start().await;
     let queue = "draining";
