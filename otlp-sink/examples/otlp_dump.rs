@@ -17,11 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let http = args.next().unwrap_or_else(|| "127.0.0.1:4318".to_owned());
-    let grpc = args.next().unwrap_or_else(|| "127.0.0.1:4317".to_owned());
-    let sink = OtlpSink::start_on(true, &http, &grpc).await?;
-    eprintln!("receiving OTLP on {} (http/protobuf) and {} (grpc)", sink.http_endpoint(), sink.grpc_endpoint());
+    let sink = OtlpSink::start_from_args(true).await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     tokio::select! {

@@ -83,6 +83,17 @@ impl OtlpSink {
         Self::launch(keep, http, grpc, None).await
     }
 
+    /// The examples' start: the endpoints on the addresses given as the program's first two arguments (defaults
+    /// `127.0.0.1:4318` for http/protobuf and `127.0.0.1:4317` for gRPC), announced on stderr.
+    pub async fn start_from_args(keep: bool) -> std::io::Result<Self> {
+        let mut args = std::env::args().skip(1);
+        let http = args.next().unwrap_or_else(|| "127.0.0.1:4318".to_owned());
+        let grpc = args.next().unwrap_or_else(|| "127.0.0.1:4317".to_owned());
+        let sink = Self::start_on(keep, &http, &grpc).await?;
+        eprintln!("receiving OTLP on {} (http/protobuf) and {} (grpc)", sink.http_endpoint(), sink.grpc_endpoint());
+        Ok(sink)
+    }
+
     /// Starts both endpoints on free loopback ports over TLS, presenting `cert_pem` (the server certificate,
     /// then any intermediates) with its private key `key_pem`; keeps every span.
     pub async fn start_tls(cert_pem: &[u8], key_pem: &[u8]) -> std::io::Result<Self> {
