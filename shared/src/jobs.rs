@@ -339,10 +339,15 @@ pub async fn show(pool: &Pool, queue: &Queue, group: &GroupName, id: &JobId) -> 
         .filter_map(|(_, value)| serde_json::from_str(value).ok())
         .collect();
     let recorded = record.get(field::STATE).and_then(|s| JobState::parse(s));
-    // A final record loses to a later final state in the hash: a consumer paused past the visibility timeout may
-    // still acknowledge an entry whose new owner dead-lettered it.
-    let finished = found.finished.take().filter(|f| {
-        !(recorded.is_some_and(JobState::is_final) && number(field::FINISHED_AT).is_some_and(|at| at > f.finished_at))
+    // A final record loses to a dead or expired state in the hash, whenever it was written: a consumer paused past
+    // the visibility timeout may resume, finish the job and acknowledge it after its new owner dead-lettered it
+    // (the acknowledgement finds nothing pending; the record goes with it in the same round trip). Only a replay
+    // runs a dead job again, and a replay sets the hash back to `waiting`. Against the other final states the
+    // later one wins.
+    let finished = found.finished.take().filter(|f| match recorded {
+        Some(JobState::Dead | JobState::Expired) => false,
+        Some(state) if state.is_final() => number(field::FINISHED_AT).is_none_or(|at| at <= f.finished_at),
+        _ => true,
     });
     let mut state = finished.as_ref().map(|f| f.state).or(recorded).unwrap_or(JobState::Waiting);
     if let Some(last) = finished.as_ref().and_then(|f| f.attempt.clone()) {

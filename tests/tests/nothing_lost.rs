@@ -207,6 +207,38 @@ async fn a_resumed_zombie_does_not_retry_a_job_it_lost() {
     zombie("zombieretry", &["--max-attempts", "5"]).await;
 }
 
+/// The other way round: the job's new owner dead-letters it while the paused consumer is stopped, and the
+/// zombie then resumes and succeeds. Its acknowledgement finds nothing pending, and the job stays dead: the final
+/// record the zombie writes with it loses, at lookup, to the later dead state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_zombie_that_succeeds_does_not_undo_the_dead_letter() {
+    use nix::sys::signal::{kill, Signal};
+    let fx = Fixture::start().await;
+    let queue = "zombiedone";
+    let mut conn = fx.conn();
+    let a_flags = ["--visibility-timeout", "1s", "--demo-failure-rate", "0", "--demo-latency-scale", "20"];
+    let a = fx.spawn(fx.consumer(queue, "a", &a_flags), "a");
+    let job = enqueue(fx.producer(), queue, "demo", "{}", 1).remove(0).job_id;
+    wait_until(Duration::from_secs(20), "a to hold the job", || owned_by(&mut conn, queue, "a") == 1);
+    let a_pid = nix::unistd::Pid::from_raw(a.pid() as i32);
+    kill(a_pid, Signal::SIGSTOP).unwrap();
+    let b_flags = ["--visibility-timeout", "1s", "--demo-failure-rate", "1", "--max-attempts", "1"];
+    let b = fx.spawn(fx.consumer(queue, "b", &b_flags), "b");
+    wait_until(Duration::from_secs(20), "b to take the job over and dead-letter it", || {
+        dead_by_job(&mut conn, queue).contains_key(&job)
+    });
+    kill(a_pid, Signal::SIGCONT).unwrap();
+    wait_until(Duration::from_secs(30), "a to finish its attempt and find the entry no longer its own", || {
+        log_has(&a, "no longer pending for this consumer")
+    });
+    let out = fx.producer().args(["job", "show", "--queue", queue, "--json", &job]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(status["state"], "dead", "the zombie's success does not undo the dead letter: {status:#}");
+    assert_eq!(pending(&mut conn, queue, "workers"), 0);
+    a.kill9();
+    b.kill9();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_member_that_cannot_be_moved_is_dead_lettered_and_the_rest_keep_moving() {
     let fx = Fixture::start().await;
