@@ -48,8 +48,9 @@ pub struct Cli {
     /// (bench/RESULTS.md); more let CPU-heavy handlers run on more cores at once.
     #[arg(long, env = "JOBSTREAM_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
-    /// Most entries fetched by one XREADGROUP.
-    #[arg(long, env = "JOBSTREAM_BATCH_SIZE", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// Most entries fetched by one XREADGROUP, never more than the free slots of --concurrency (which bound it at
+    /// the default concurrency). Larger reads cost less CPU per job at high concurrency (bench/RESULTS.md).
+    #[arg(long, env = "JOBSTREAM_BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
     /// How long one XREADGROUP waits for new entries (also bounds how long shutdown waits for the reader):
     /// 10ms to 60s, and shorter than the visibility timeout.

@@ -64,7 +64,7 @@ pub struct WorkerConfig {
     pub consumer: String,
     /// Most jobs running at once.
     pub concurrency: usize,
-    /// Most entries fetched by one XREADGROUP.
+    /// Most entries fetched by one XREADGROUP (never more than the free slots of `concurrency`).
     pub batch_size: usize,
     /// How long one XREADGROUP blocks waiting for entries. Bounds how long shutdown waits for the read loop.
     pub block: Duration,
@@ -129,7 +129,7 @@ impl WorkerConfig {
             group: GroupName::default(),
             consumer: consumer.into(),
             concurrency: 16,
-            batch_size: 64,
+            batch_size: 256,
             block: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
             limits: Limits::default(),
