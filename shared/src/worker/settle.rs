@@ -7,10 +7,10 @@
 //! the entry pending, and the log says so instead of claiming an outcome.
 
 use std::borrow::Cow;
-use std::future::Future;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt as _;
 use opentelemetry::trace::TraceContextExt as _;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -137,19 +137,16 @@ pub(super) async fn settle(
             // The moves are boxed, each in a statement of its own: a Redis round trip's future is kilobytes, and
             // held inline (or as a temporary of the statement that awaits it) it would be part of every attempt's
             // task, copied whole for each job that is simply acknowledged.
-            let moving: Pin<Box<dyn Future<Output = Result<Settled, String>> + Send + '_>> = match &decision {
-                Decision::Retry { delay, next_attempt } => Box::pin(
-                    schedule_retry(shared, delivery, *delay, *next_attempt, hash.as_ref())
-                        .instrument(settle_span.clone()),
-                ),
+            let moving: BoxFuture<'_, Result<Settled, String>> = match &decision {
+                Decision::Retry { delay, next_attempt } => {
+                    schedule_retry(shared, delivery, *delay, *next_attempt, hash.as_ref()).boxed()
+                }
                 _ => {
                     let Decision::Dead(reason, error) = &decision else { unreachable!("matched above") };
-                    Box::pin(
-                        dead_letter(shared, delivery, *reason, error, hash.as_ref()).instrument(settle_span.clone()),
-                    )
+                    dead_letter(shared, delivery, *reason, error, hash.as_ref()).boxed()
                 }
             };
-            let moved = moving.await;
+            let moved = moving.instrument(settle_span.clone()).await;
             let failed = match &moved {
                 Ok(Settled::Moved) => None,
                 Ok(Settled::NotOurs) => Some(("not_pending", "the entry is no longer pending for this consumer")),
